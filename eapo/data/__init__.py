@@ -1,0 +1,28 @@
+"""Prompt data: readers for benchmark and generic files, the synthetic arithmetic generator, dedupe/split/filter.
+
+Everything returns lists of :class:`PromptRecord`; every data problem raises :class:`DataError` (a ``ValueError``).
+Pure library: no Prefect, no DVC, no paths of its own.
+"""
+
+from eapo.data.importers import FIELD_NAMES, IMPORTERS, Importer, read_records
+from eapo.data.records import DataError, PromptRecord, make_id, normalize_prompt, prompt_hash
+from eapo.data.split import check_no_leakage, dedupe, filter_records, split_train_test
+from eapo.data.synthetic import FAMILIES, generate
+
+__all__ = [
+    "FAMILIES",
+    "FIELD_NAMES",
+    "IMPORTERS",
+    "DataError",
+    "Importer",
+    "PromptRecord",
+    "check_no_leakage",
+    "dedupe",
+    "filter_records",
+    "generate",
+    "make_id",
+    "normalize_prompt",
+    "prompt_hash",
+    "read_records",
+    "split_train_test",
+]

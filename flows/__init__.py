@@ -1,0 +1,8 @@
+"""Prefect flows: one per DVC stage (`python -m flows.<stage>`), plus the whole-pipeline flow and its deployment."""
+
+import os
+
+import eapo  # noqa: F401  (telemetry off before Prefect is imported)
+
+# The ephemeral API starts a local server per process; 20 s (the default) is tight on 2 loaded cores.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -1,0 +1,67 @@
+"""What every stage entry point shares: argument parsing, params loading with `-S` overrides, and run tagging.
+
+    python -m flows.<stage> [--params params.yaml] [-S key=value ...]
+
+`-S` takes dotted keys with YAML values, as `dvc exp run -S` does. When the whole-pipeline flow drives DVC it sets
+`EAPO_PARENT_RUN`, and each stage's flow run is tagged with it so the UI groups them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import yaml
+
+from eapo.config import ConfigError, Params, load_params
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-S expects key=value, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def run_stage(flow: Callable[..., Any], argv: list[str] | None = None, **extra_args: Callable[[argparse.ArgumentParser], None]) -> Any:
+    """Parse the command line and run `flow(params_path, overrides, **stage_args)`.
+
+    Params are loaded once here too, so a config error exits 2 before Prefect or torch is started. The flow itself
+    takes plain JSON parameters (a path and overrides), so the same flow can be triggered from the Prefect UI."""
+    parser = argparse.ArgumentParser(prog=f"python -m flows.{flow.name}", description=flow.description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params key, as `dvc exp run -S` does")
+    for add in extra_args.values():
+        add(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        overrides = parse_overrides(args.overrides)
+        load_params(args.params, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    stage_args = {k: v for k, v in vars(args).items() if k not in ("params", "overrides")}
+    parent = os.environ.get("EAPO_PARENT_RUN")
+    ctx = contextlib.nullcontext()
+    if parent:
+        from prefect import tags
+
+        ctx = tags(f"pipeline-run:{parent}")
+    with ctx:
+        return flow(params_path=args.params, overrides=overrides, **stage_args)
+
+
+def apply_threads(params: Params) -> None:
+    if params.model.threads:
+        import torch
+
+        torch.set_num_threads(params.model.threads)
