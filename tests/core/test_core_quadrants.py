@@ -1,0 +1,113 @@
+import json
+import math
+
+import pytest
+import torch
+
+from eapo.core.quadrants import (
+    NONE_CODE,
+    QUADRANTS,
+    assign_quadrants,
+    entropy_threshold,
+    quadrant_names,
+    quadrant_stats,
+)
+
+
+def test_threshold_top_k_convention():
+    h = torch.arange(10, dtype=torch.float32)  # 0..9
+    assert entropy_threshold(h, None, 0.2) == 8.0  # top 2 tokens: 8, 9
+    assert entropy_threshold(h, None, 0.3) == 7.0  # 0.3·10 is 3.0000000000000004 in float; still 3 tokens
+    assert entropy_threshold(h, None, 1.0) == 0.0  # everything high
+    assert entropy_threshold(h, None, 0.01) == 9.0  # at least one token is high
+
+
+def test_threshold_excludes_masked_tokens():
+    # Prompt/padding tokens with huge entropy must not raise τ.
+    h = torch.tensor([100.0, 100.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    mask = torch.tensor([False, False, True, True, True, True, True])
+    assert entropy_threshold(h, mask, 0.2) == 5.0
+    assert entropy_threshold(h, None, 0.2) == 100.0
+
+
+def test_threshold_empty_is_inf_and_nothing_is_high():
+    h = torch.tensor([1.0, 2.0])
+    tau = entropy_threshold(h, torch.tensor([False, False]), 0.2)
+    assert tau == math.inf
+    codes = assign_quadrants(h, torch.tensor([1.0, -1.0]), tau)
+    assert codes.tolist() == [1, 3]  # pos_low, neg_low
+    assert entropy_threshold(torch.empty(0), None, 0.5) == math.inf
+
+
+def test_threshold_all_equal_makes_all_high():
+    h = torch.full((6,), 0.7)
+    tau = entropy_threshold(h, None, 0.2)
+    assert tau == pytest.approx(0.7)
+    codes = assign_quadrants(h, torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0]), tau)
+    assert codes.tolist() == [0, 0, 0, 2, 2, 2]
+
+
+def test_threshold_rho_validation():
+    for rho in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="rho"):
+            entropy_threshold(torch.ones(3), None, rho)
+
+
+def test_assign_quadrants_broadcast_zero_adv_and_mask():
+    h = torch.tensor([[0.1, 2.0, 0.5], [3.0, 0.2, 9.0], [5.0, 5.0, 5.0]])
+    adv = torch.tensor([[1.0], [-2.0], [0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    codes = assign_quadrants(h, adv, tau=1.0, mask=mask)
+    assert codes.dtype == torch.long
+    assert codes.tolist() == [[1, 0, 1], [2, 3, NONE_CODE], [NONE_CODE] * 3]
+    assert quadrant_names(codes) == [
+        "pos_low",
+        "pos_high",
+        "pos_low",
+        "neg_high",
+        "neg_low",
+        "none",
+        "none",
+        "none",
+        "none",
+    ]
+
+
+def test_quadrant_stats_hand_computed_and_json_ready():
+    h = torch.tensor([2.0, 0.5, 3.0, 0.1, 4.0])
+    adv = torch.tensor([1.0, 1.0, -2.0, -2.0, 0.0])
+    g = torch.tensor([1.0, 0.5, 1.0, 0.25, 7.0])
+    codes = assign_quadrants(h, adv, tau=1.0)
+    assert codes.tolist() == [0, 1, 2, 3, -1]
+    stats = quadrant_stats(h, adv, codes, g)
+    # mass: pos_high 1·1 = 1, pos_low 1·0.5 = 0.5, neg_high 2·1 = 2, neg_low 2·0.25 = 0.5; total 4
+    assert [stats[q]["grad_share"] for q in QUADRANTS] == pytest.approx([0.25, 0.125, 0.5, 0.125])
+    assert [stats[q]["count"] for q in QUADRANTS] == [1, 1, 1, 1]
+    assert stats["neg_high"]["share"] == pytest.approx(0.25)
+    assert stats["neg_high"]["mean_abs_adv"] == pytest.approx(2.0)
+    assert stats["pos_low"]["mean_entropy"] == pytest.approx(0.5)
+    json.dumps(stats, allow_nan=False)
+
+    # Weights change Â and so the grad shares: drop neg_high → its share is 0, the rest renormalise to 1/2.
+    w = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    ws = quadrant_stats(h, adv, codes, g, weights=w)
+    assert [ws[q]["grad_share"] for q in QUADRANTS] == pytest.approx([0.5, 0.25, 0.0, 0.25])
+
+
+def test_quadrant_stats_empty_quadrants_are_nan_free():
+    h = torch.tensor([2.0, 3.0])
+    adv = torch.tensor([1.0, 1.0])
+    codes = assign_quadrants(h, adv, tau=1.0)
+    stats = quadrant_stats(h, adv, codes, torch.zeros(2))
+    assert stats["pos_high"]["count"] == 2 and stats["pos_high"]["share"] == 1.0
+    assert stats["neg_low"] == {
+        "count": 0,
+        "share": 0.0,
+        "mean_entropy": None,
+        "mean_abs_adv": None,
+        "mean_weight": None,
+        "grad_mass": 0.0,
+        "grad_share": 0.0,
+    }
+    assert stats["pos_high"]["grad_share"] == 0.0  # zero total mass → 0, not NaN
+    json.dumps(stats, allow_nan=False)
