@@ -193,7 +193,7 @@ class CMIConfig:
     """Alternative tokens drawn at each probed position."""
     m: int = 4
     """Continuations per alternative token."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = 24
     bootstrap: int = 200
     ci: float = 0.9
     seed: int = 0

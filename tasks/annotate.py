@@ -1,0 +1,116 @@
+"""Stage `annotate`: per-token entropy/advantage/quadrant table, quadrant statistics, the CMI probe and plots."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from eapo import plots
+from eapo.annotate import annotate_tokens, cmi_probe, flatten, quadrant_summary
+from eapo.config import Params
+from eapo.contracts import read_artifact, write_artifact
+from eapo.lineage import make_lineage, write_json_artifact
+from eapo.reward import RewardScorer
+from tasks.publish import markdown_table, publish_links, publish_markdown, publish_table
+from tasks.rollout import load_base_policy
+
+PARAMS_KEYS = ("model", "annotate", "reward")
+PLOT_FILES = ("entropy_hist.png", "quadrant_shares.png", "cmi_vs_entropy.png", "quadrant_shares.csv",
+              "cmi_points.csv")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@task(name="annotate", cache_policy=NO_CACHE)
+def annotate_task(params: Params) -> dict:
+    cfg = params.annotate
+    table, _ = read_artifact(params.paths.rollouts, "rollouts")
+    cols = table.to_pydict()
+    flat, _ = flatten(cols, cfg.advantage)
+    tau, labels, grad = annotate_tokens(flat, cfg.rho, cfg.tau)
+    stats = quadrant_summary(flat, labels, grad)
+
+    policy = load_base_policy(params)
+    with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
+                      fallback=params.reward.fallback) as scorer:
+        probes = cmi_probe(policy.model, policy.tokenizer, cols["prompt_ids"], cols["response_ids"], cols["answer"],
+                           flat, scorer, positions=cfg.cmi.positions, k=cfg.cmi.k, m=cfg.cmi.m,
+                           max_new_tokens=cfg.cmi.max_new_tokens, n_boot=cfg.cmi.bootstrap, ci=cfg.cmi.ci,
+                           seed=cfg.cmi.seed)
+
+    lineage = make_lineage("annotate", params.subset(*PARAMS_KEYS), inputs={"rollouts": params.paths.rollouts},
+                           seed=cfg.cmi.seed, extra={"tau": tau, "rho": cfg.rho, "tau_scope": "fixed" if cfg.tau
+                                                     is not None else "batch", "model": policy.info})
+    pid, sidx = cols["prompt_id"], cols["sample_idx"]
+    token_text = policy.tokenizer.convert_ids_to_tokens(flat.token_id.tolist())
+    write_artifact(pa.table({
+        "prompt_id": [pid[i] for i in flat.seq], "sample_idx": [sidx[i] for i in flat.seq],
+        "position": flat.position, "token_id": flat.token_id, "token_text": token_text, "entropy": flat.entropy,
+        "logprob": flat.logprob, "advantage": flat.advantage, "reward": flat.reward, "quadrant": labels,
+        "grad_norm": grad,
+    }), params.paths.tokens, "tokens", lineage)
+
+    cmi_rows = [{
+        "prompt_id": pid[flat.seq[p.token_index]], "sample_idx": sidx[flat.seq[p.token_index]],
+        "position": int(flat.position[p.token_index]), "entropy": p.entropy, "entropy_decile": p.decile,
+        "cmi": p.cmi, "cmi_lo": p.lo, "cmi_hi": p.hi, "p_mean": p.p_mean, "k": cfg.cmi.k, "m": cfg.cmi.m,
+        "bound_holds": bool(p.lo <= p.entropy + 1e-6),
+    } for p in probes]
+    write_artifact(cmi_rows, params.paths.cmi, "cmi", lineage)
+
+    bound_share = float(np.mean([r["bound_holds"] for r in cmi_rows])) if cmi_rows else 0.0
+    informative = [r for r in cmi_rows if 0 < r["p_mean"] < 1]
+    summary = {
+        "tau": tau, "rho": cfg.rho, "tokens": len(labels), "responses": len(pid),
+        "quadrants": stats,
+        "cmi": {
+            "positions": len(cmi_rows), "bound_holds_share": bound_share,
+            "informative_positions": len(informative),
+            "mean_cmi_high": _mean([r["cmi"] for r in cmi_rows if r["entropy"] >= tau]),
+            "mean_cmi_low": _mean([r["cmi"] for r in cmi_rows if r["entropy"] < tau]),
+            "corr_cmi_entropy": _corr([r["entropy"] for r in cmi_rows], [r["cmi"] for r in cmi_rows]),
+        },
+    }
+    write_json_artifact(params.paths.quadrant_stats, summary, lineage)
+
+    out = Path(params.paths.annotate_plots)
+    out.mkdir(parents=True, exist_ok=True)
+    plots.entropy_histogram(flat.entropy, tau, out / "entropy_hist.png")
+    plots.quadrant_shares(stats, out / "quadrant_shares.png")
+    plots.cmi_vs_entropy(*(np.array([r[c] for r in cmi_rows], dtype=float) for c in ("entropy", "cmi", "cmi_lo",
+                                                                                    "cmi_hi")),
+                         out / "cmi_vs_entropy.png")
+    quadrant_table = [{"quadrant": q, "count": s["count"], "token_share": s["share"], "grad_share": s["grad_share"],
+                       "mean_entropy": s["mean_entropy"], "mean_abs_adv": s["mean_abs_adv"]} for q, s in stats.items()]
+    _write_csv(out / "quadrant_shares.csv", quadrant_table)
+    _write_csv(out / "cmi_points.csv", [{k: r[k] for k in ("entropy", "cmi", "cmi_lo", "cmi_hi")} for r in cmi_rows]
+               or [{"entropy": 0.0, "cmi": 0.0, "cmi_lo": 0.0, "cmi_hi": 0.0}])
+
+    publish_table("annotate-quadrants", quadrant_table, f"Four Quadrant Decomposition (tau = {tau:.3f} nats)")
+    publish_markdown("annotate-summary", "\n".join([
+        "# annotate", "", f"- τ = {tau:.4f} nats (top {cfg.rho:.0%} of {len(labels)} response tokens)",
+        f"- CMI probe: {len(cmi_rows)} positions; CMI ≤ H within the interval at **{bound_share:.0%}**",
+        f"- mean CMI, high-entropy positions: {summary['cmi']['mean_cmi_high']}; "
+        f"low: {summary['cmi']['mean_cmi_low']}", "", markdown_table(quadrant_table)]), "Annotate stage summary")
+    publish_links("annotate-plot", [out / f for f in PLOT_FILES if f.endswith(".png")], "Annotate plots")
+    return summary
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def _corr(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
