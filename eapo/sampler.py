@@ -83,7 +83,9 @@ class _Row:
 # per-position statistics and the sampling distribution
 
 
-def token_stats(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def token_stats(
+    logits: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits [B, V] (raw), tokens [B] -> (logp [B], entropy [B], sum_p_sq [B]), fp32, at temperature 1."""
     logp = F.log_softmax(logits.float(), dim=-1)
     p = logp.exp()
@@ -112,12 +114,20 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     """One index per row of the (unnormalised, non-negative) ``probs`` [B, K], by inverse CDF with one uniform per row.
     ~15x cheaper than ``torch.multinomial`` on [32, 49152] (which draws an exponential per vocabulary entry)."""
     cdf = probs.cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    u = (
+        torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+        * cdf[:, -1:]
+    )
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
-def sample_tokens(logits: torch.Tensor, probs_t1: torch.Tensor, temperature: float, top_p: float,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor,
+    probs_t1: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """Draw one token per row from softmax(logits / T) restricted to the top-p nucleus; T = 0 is greedy.
     ``probs_t1`` = softmax(logits), already computed for the statistics, is reused at T = 1."""
     if temperature == 0:
@@ -139,8 +149,8 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), L), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, L - len(p):] = 1
+        ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, L - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -184,13 +194,21 @@ def _prefill(model, prompts: list[list[int]], cache, cache_kw: str, pad_id: int,
     ids, suffix_mask = _left_pad([p[shared:] for p in prompts], pad_id, device)
     mask = torch.cat([suffix_mask.new_ones((len(prompts), shared)), suffix_mask], dim=1)
     position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)[:, shared:]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
-                **{cache_kw: cache})
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kw: cache},
+    )
     return out.logits[:, -1], mask, position_ids[:, -1] + 1
 
 
 @torch.inference_mode()
-def _run_fast(model, rows: list[_Row], *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens):
+def _run_fast(
+    model, rows: list[_Row], *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens
+):
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     device = model.device
@@ -248,20 +266,30 @@ def _run_fast(model, rows: list[_Row], *, temperature, top_p, max_new_tokens, se
                     layer.keys = layer.keys[:, :, first:]
                     layer.values = layer.values[:, :, first:]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True,
-                    **{cache_kw: cache})
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            **{cache_kw: cache},
+        )
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
 
 
 @torch.inference_mode()
-def _run_generate(model, rows: list[_Row], *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens):
+def _run_generate(
+    model, rows: list[_Row], *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens
+):
     from transformers import GenerationConfig
 
     device = model.device
     ids, mask = _left_pad([r.prompt_ids for r in rows], pad_id, device)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(
-        do_sample=False)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         eos_token_id=list(eos_ids),
@@ -273,7 +301,7 @@ def _run_generate(model, rows: list[_Row], *, temperature, top_p, max_new_tokens
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    new_tokens = out.sequences[:, ids.shape[1]:]  # [b, T]
+    new_tokens = out.sequences[:, ids.shape[1] :]  # [b, T]
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     for t, step_logits in enumerate(out.logits):  # T tensors of raw logits [b, V]
         logp, ent, sp2 = token_stats(step_logits, new_tokens[:, t])
@@ -337,7 +365,7 @@ def sample(
     rows = [_Row(p, s, [int(t) for t in ids]) for p, ids in enumerate(prompts_ids) for s in range(n)]
     # bucket by prompt length (stable sort keeps the n copies of a prompt together) so batches carry little padding
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
-    batches = [[rows[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+    batches = [[rows[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
 
     bar = None
     if progress is True:
@@ -359,8 +387,17 @@ def sample(
     model.eval()
     try:
         for b, batch in enumerate(batches):
-            _RUNNERS[backend](model, batch, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                              seed=_batch_seed(seed, b), eos_ids=eos_ids, pad_id=pad_id, on_tokens=on_tokens)
+            _RUNNERS[backend](
+                model,
+                batch,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=_batch_seed(seed, b),
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+                on_tokens=on_tokens,
+            )
             for r in batch:
                 rows_done_per_prompt[r.prompt_index] += 1
                 if rows_done_per_prompt[r.prompt_index] == n:
@@ -378,10 +415,27 @@ def sample(
             bar.close()
     seconds = time.perf_counter() - t0
 
-    samples = [Sample(r.prompt_index, r.sample_idx, r.prompt_ids, r.tokens, r.logprobs, r.entropies, r.sum_p_sq,
-                      r.finish_reason) for r in rows]
-    stats = dict(tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
-                 backend=backend, n_batches=len(batches), n_samples=len(samples))
+    samples = [
+        Sample(
+            r.prompt_index,
+            r.sample_idx,
+            r.prompt_ids,
+            r.tokens,
+            r.logprobs,
+            r.entropies,
+            r.sum_p_sq,
+            r.finish_reason,
+        )
+        for r in rows
+    ]
+    stats = {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "backend": backend,
+        "n_batches": len(batches),
+        "n_samples": len(samples),
+    }
     return Samples(samples, stats)
 
 
@@ -402,7 +456,9 @@ def _eos_ids(model, tokenizer, eos_token_ids: list[int] | None) -> list[int]:
 
 
 @torch.inference_mode()
-def teacher_forced_logprobs(model, prompt_ids: list[int], response_ids: list[int]) -> tuple[list[float], list[float]]:
+def teacher_forced_logprobs(
+    model, prompt_ids: list[int], response_ids: list[int]
+) -> tuple[list[float], list[float]]:
     """One plain full forward pass over prompt + response (no padding, no cache): per response token, the fp32
     log-prob and entropy at temperature 1. The reference the samplers are tested against."""
     if not response_ids:
@@ -410,6 +466,6 @@ def teacher_forced_logprobs(model, prompt_ids: list[int], response_ids: list[int
     ids = torch.tensor([list(prompt_ids) + list(response_ids)], dtype=torch.long, device=model.device)
     logits = model(input_ids=ids, use_cache=False).logits[0]  # [L+T, V]
     L, T = len(prompt_ids), len(response_ids)
-    step_logits = logits[L - 1:L - 1 + T]
+    step_logits = logits[L - 1 : L - 1 + T]
     logp, ent, _ = token_stats(step_logits, ids[0, L:])
     return logp.tolist(), ent.tolist()

