@@ -481,10 +481,17 @@ def write_artifact(data: pd.DataFrame | pa.Table | list[dict], path: str | Path,
         report = validate_table(on_disk, spec, lin)
         if not report.success:
             raise ContractError(report.render(path))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an artifact is as readable as any file
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return lin
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_artifact(path: str | Path, contract: str | None = None, validate: bool = True) -> tuple[pa.Table, Lineage]:

@@ -1,0 +1,20 @@
+"""DVC stage `train@<variant>` as a Prefect flow: `python -m flows.train --variant eapo`.
+
+On a GPU box: `accelerate launch -m flows.train --variant eapo` (each process samples its shard of the prompts)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from eapo.config import load_params
+from flows.stage import run_stage
+from tasks.train import train_task
+
+
+@flow(name="train", description="Online RLVR of the base policy under one token weighting (variant).")
+def train_flow(variant: str, params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+    return train_task(load_params(params_path, overrides), variant)
+
+
+if __name__ == "__main__":
+    run_stage(train_flow, variant=lambda p: p.add_argument("--variant", required=True, help="a key of variants"))

@@ -1,0 +1,113 @@
+"""Stage `train@<variant>`: online RLVR of the base policy under one token weighting."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from eapo.config import Params, params_hash
+from eapo.contracts import read_artifact, write_artifact
+from eapo.lineage import make_lineage, write_sidecar
+from eapo.sampler import Sample
+from eapo.trainer import step_prompt_indices, train
+from tasks.publish import markdown_table, publish_markdown, publish_table
+from tasks.rollout import first_prompts, load_base_policy
+
+log = logging.getLogger("eapo.train")
+SAMPLING_KEYS = ("group_size", "temperature", "top_p", "max_new_tokens")
+
+
+def params_keys(variant: str) -> tuple[str, ...]:
+    return ("model", "train", "reward", f"variants.{variant}")
+
+
+def variant_paths(params: Params, variant: str) -> dict[str, Path]:
+    root = Path(params.paths.train_dir) / variant
+    return {"root": root, "model": root / "model", "steps": root / "steps.parquet", "curves": root / "curves.csv"}
+
+
+def step0_samples(params: Params, prompts: list[dict]) -> list[tuple[Sample, float]] | None:
+    """The rollout stage's samples for the step-0 prompts, when the policy and sampling params are the same.
+
+    Step 0 samples from the unchanged base policy, so the rollout stage's responses are valid step-0 samples. They
+    are reused when the rollouts cover every step-0 prompt with at least G samples (e.g. `rollout.num_prompts: null`)
+    and the sampling params match; otherwise the trainer samples step 0 itself."""
+    cfg, ro = params.train, params.rollout
+    if not cfg.reuse_rollouts or any(getattr(cfg, k) != getattr(ro, k) for k in SAMPLING_KEYS):
+        return None
+    if not Path(params.paths.rollouts).exists():
+        return None
+    table, _ = read_artifact(params.paths.rollouts, "rollouts")
+    by_prompt: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    out = []
+    for k, idx in enumerate(step_prompt_indices(len(prompts), cfg.prompts_per_step, cfg.seed, 0)):
+        rows = sorted(by_prompt.get(prompts[idx]["id"], []), key=lambda r: r["sample_idx"])[: cfg.group_size]
+        if len(rows) < cfg.group_size:
+            return None
+        out += [(Sample(k, r["sample_idx"], r["prompt_ids"], r["response_ids"], r["logprobs"], r["entropies"],
+                        r["sum_p_sq"], r["finish_reason"]), r["reward"]) for r in rows]
+    return out
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(params: Params, variant: str) -> dict:
+    if variant not in params.variants:
+        raise ValueError(f"unknown variant {variant!r}; defined in params.yaml variants: {sorted(params.variants)}")
+    paths = variant_paths(params, variant)
+    keys = params_keys(variant)
+    subset = params.subset(*keys)
+    prompts = first_prompts(params.paths.prompts_train, None)
+    policy = load_base_policy(params)
+    initial = step0_samples(params, prompts)
+    # Checkpoints live under a directory named by the params hash: a rerun with the same params resumes, a run with
+    # changed params starts fresh instead of resuming someone else's optimizer state.
+    run_dir = paths["root"] / ".runs" / params_hash(subset)
+    for stale in (paths["root"] / ".runs").glob("*") if (paths["root"] / ".runs").exists() else []:
+        if stale != run_dir:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def on_step(row: dict) -> None:
+        log.info("%s step %d: reward %.3f entropy %.3f len %.1f loss %.4f (%.1fs)", variant, row["step"],
+                 row["reward_mean"], row["entropy_mean"], row["response_length"], row["loss"], row["seconds"])
+
+    result = train(policy, prompts, params.train, variant, params.variants[variant], params.model, params.reward,
+                   run_dir, initial_samples=initial, on_step=on_step)
+    inputs = {"prompts_train": params.paths.prompts_train}
+    if initial is not None:
+        inputs["rollouts"] = params.paths.rollouts
+    lineage = make_lineage(f"train@{variant}", subset, inputs=inputs,
+                           seed=params.train.seed,
+                           extra={"variant": variant, "base_model": policy.info, "reused_rollouts": initial is not None,
+                                  "resumed_from": result.resumed_from, "seconds": result.seconds})
+    if paths["model"].exists():
+        shutil.rmtree(paths["model"])
+    result.model_dir.replace(paths["model"])
+    write_sidecar(paths["model"], lineage)
+    write_artifact(result.steps, paths["steps"], "steps", lineage)
+    with open(paths["curves"], "w", newline="") as fh:
+        cols = ["step", "reward_mean", "entropy_mean", "response_length", "clip_frac", "grad_norm"]
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result.steps)
+    shutil.rmtree(run_dir.parent, ignore_errors=True)  # checkpoints are only for resuming an interrupted run
+
+    first, last = result.steps[0], result.steps[-1]
+    final = {"variant": variant, "steps": len(result.steps), "reward_start": first["reward_mean"],
+             "reward_end": last["reward_mean"], "entropy_start": first["entropy_mean"],
+             "entropy_end": last["entropy_mean"], "seconds": round(result.seconds, 1)}
+    publish_table(f"train-{variant}-final", [final], f"Final training metrics of {variant}")
+    publish_markdown(f"train-{variant}-summary", "\n".join([
+        f"# train@{variant}", "", f"- weighting: `{json.dumps(subset[f'variants.{variant}'])}`",
+        f"- checkpoint: `{paths['model']}`", f"- steps: `{paths['steps']}`",
+        f"- step-0 samples reused from the rollout stage: {initial is not None}", "",
+        markdown_table([{k: r[k] for k in ("step", "reward_mean", "entropy_mean", "response_length", "loss")}
+                        for r in result.steps])]), f"Training summary of {variant}")
+    return final
