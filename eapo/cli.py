@@ -94,5 +94,17 @@ def contracts():
             typer.echo(f"  - {e.type} {json.dumps(e.kwargs)}")
 
 
+@app.command()
+def serve(cron: str = typer.Option(None, help='Schedule, e.g. "0 2 * * *"; without it the deployment runs on demand.'),
+          name: str = typer.Option("eapo-study", help="Deployment name."),
+          project_dir: Path = typer.Option(Path("."), help="The DVC project to reproduce.")):
+    """Serve the whole-pipeline flow as a Prefect deployment (trigger or schedule it from the UI).
+
+    Start a server first (`make server` or `prefect server start`) and point PREFECT_API_URL at it."""
+    from flows.pipeline import serve as serve_pipeline
+
+    serve_pipeline(cron=cron, name=name, project_dir=str(project_dir))
+
+
 if __name__ == "__main__":
     app()

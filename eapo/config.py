@@ -419,6 +419,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if origin is Literal:
+        if value is False and "no" in args:
+            value = "no"  # YAML 1.1 (and tools that rewrite params.yaml, like `dvc exp run -S`) read a bare no as false
         if value not in args:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
         return value

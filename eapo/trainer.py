@@ -18,12 +18,20 @@ it, at temperature 1 on the full vocabulary (DESIGN §4). With ``temperature != 
 drawn from a different (tempered / truncated) behaviour distribution, and the ratio r = π_θ/π_old is still taken
 against the T = 1 policy, as verl does: the importance weight corrects for policy change between sampling and update,
 not for the sampling temperature. The old log-probs come from the sampler's KV-cache decode while the update's forward
-is a padded full-sequence pass, so on the first minibatch r = 1 up to float rounding (~1e-6), not bit-exactly.
+is a padded batched pass, so on the first minibatch r = 1 up to float rounding (~1e-6), not bit-exactly.
 
 Memory (DESIGN §8). The update never builds [B, T, V] logits: the decoder runs without its head, the hidden states at
 response positions are gathered, and ``logprob_entropy_from_hidden`` projects them through the LM head in chunks of
 ``chunk_size`` rows with activation checkpointing. Micro-batches are padded on the right to their own longest row only,
 and a minibatch's rows are sorted by length before it is cut into micro-batches, so similar lengths share one.
+
+Shared prompts (``grouped_logprobs``). The G responses of a group share their prompt, and all prompts share the chat
+template's prefix, so for a Llama-like model (``supports_prefix_sharing``) a micro-batch runs the common prefix once,
+each distinct prompt once and the responses against the resulting KV cache, all *with* gradient: the prompt's keys and
+values are gathered out to their rows differentiably, so the parameter gradient keeps every path of the
+full-sequence forward and equals it up to fp32 rounding (~1e-6 relative). Rows are then ordered by prompt, so a
+group's rows share micro-batches. Wrapped (DDP) models and other cache layouts fall back to the full-sequence
+``sequence_logprobs``, which also stays the reference.
 
 Metrics row (``STEP_KEYS``; python ints/floats, always finite, 0.0 where undefined). Sample statistics
 (``reward_mean``, ``accuracy`` = share of reward == 1, ``entropy_mean`` per token, ``response_length`` per response,
@@ -86,9 +94,11 @@ __all__ = [
     "TrainingDiverged",
     "accumulate_gradients",
     "collate",
+    "grouped_logprobs",
     "loss_denominator",
     "sequence_logprobs",
     "step_prompt_indices",
+    "supports_prefix_sharing",
     "train",
 ]
 
@@ -198,6 +208,147 @@ def sequence_logprobs(
     return zeros.masked_scatter(response_mask, logp), zeros.masked_scatter(response_mask, ent.detach())
 
 
+def supports_prefix_sharing(model) -> bool:
+    """Whether ``grouped_logprobs`` can run ``model``: an unwrapped HF decoder whose base model takes
+    ``attention_mask``, ``position_ids`` and a ``DynamicCache`` of plain (full-attention) ``DynamicLayer`` layers, as
+    Llama does. A wrapped model (DDP, ...) must be called once per backward through its wrapper, and sliding-window
+    or hybrid caches have other mask rules: both take the full-sequence path (``sequence_logprobs``)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    if extract_model_from_parallel(model) is not model:
+        return False
+    base = getattr(model, "base_model", None)
+    config = getattr(model, "config", None)
+    if base is None or base is model or config is None:
+        return False
+    if getattr(config, "model_type", None) not in _PREFIX_SHARING_MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - an unknown cache API is a reason to fall back, not to fail
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+#: Decoders whose base model follows Llama's cache/mask/position conventions (checked further by
+#: ``supports_prefix_sharing``).
+_PREFIX_SHARING_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int, device) -> tuple[Tensor, Tensor]:
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        n = min(len(r), width)
+        if n:
+            ids[i, :n] = torch.as_tensor(list(r[:n]), dtype=torch.long, device=device)
+            mask[i, :n] = 1
+    return ids, mask
+
+
+def grouped_logprobs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    chunk_size: int = 256,
+    *,
+    min_shared: int = 4,
+) -> tuple[Tensor, Tensor]:
+    """``sequence_logprobs`` in response layout, with every distinct prompt computed once, with gradient.
+
+    Rows that share a prompt (a GRPO group) share its forward: the prompt runs once and its per-layer keys/values
+    are indexed out to its rows (a differentiable gather, whose backward sums the rows' gradients into the shared
+    prompt activations), then the responses run against that cache. The prefix common to all distinct prompts (the
+    chat template and system prompt) likewise runs once, with batch 1. Gradients flow through every path the
+    full-sequence forward has (response tokens → prompt keys/values → parameters), so log-probs, entropies and the
+    parameter gradient equal ``sequence_logprobs``'s up to fp32 rounding; only the prompt work shrinks by the
+    number of rows that share it.
+
+    Layout: [common prefix][prompt suffix, right-padded][response, right-padded], padding masked out, explicit
+    ``position_ids`` counting real tokens, so each row sees exactly its own prompt + response (right padding leaves
+    no fully masked query row). Token j of a response is predicted from the hidden state before it: j = 0 from the
+    prompt's last position, j ≥ 1 from response position j - 1; the last response token is never fed.
+
+    Args:
+        model: an unwrapped HF causal LM for which ``supports_prefix_sharing`` holds.
+        prompts, responses: token ids per row (prompts non-empty).
+
+    Returns:
+        (logp [B, R], entropy [B, R]) with R the longest response; column j is response token j; zero beyond each
+        row's response. ``logp`` is differentiable.
+    """
+    from transformers.cache_utils import DynamicCache
+
+    from eapo.sampler import _cache_kwarg, _common_prefix_len
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every row needs a non-empty prompt: the first response token is predicted from it")
+    device = next(model.parameters()).device
+    B = len(prompts)
+    R = max((len(r) for r in responses), default=0)
+    resp_len = torch.tensor([len(r) for r in responses], dtype=torch.long, device=device)
+    if R == 0:
+        zeros = torch.zeros((B, 0), dtype=torch.float32, device=device)
+        return zeros, zeros.clone()
+
+    slots: dict[tuple[int, ...], int] = {}
+    row_slot = [slots.setdefault(tuple(p), len(slots)) for p in prompts]
+    distinct = [list(p) for p in slots]
+    U = len(distinct)
+    expand = torch.tensor(row_slot, dtype=torch.long, device=device)
+    identity = row_slot == list(range(B))
+
+    base = model.base_model
+    cache_kw = _cache_kwarg(base)
+    cache = DynamicCache(config=model.config)
+    S = _common_prefix_len(distinct) if U > 1 else 0
+    if S < min_shared:
+        S = 0
+    if S:  # the common prefix, batch 1, then one cache row per distinct prompt
+        prefix = torch.tensor([distinct[0][:S]], dtype=torch.long, device=device)
+        base(input_ids=prefix, use_cache=True, **{cache_kw: cache})
+        cache.batch_select_indices(torch.zeros(U, dtype=torch.long, device=device))
+    suffixes = [p[S:] for p in distinct]
+    suf_len = torch.tensor([len(x) for x in suffixes], dtype=torch.long, device=device)
+    Ls = int(suf_len.max())
+    ids, suf_mask = _right_pad(suffixes, pad_id, Ls, device)
+    mask = torch.cat([suf_mask.new_ones((U, S)), suf_mask], dim=1)
+    pos = S + torch.arange(Ls, device=device).expand(U, Ls)
+    hidden = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                  **{cache_kw: cache}).last_hidden_state
+    h_last = hidden[torch.arange(U, device=device), suf_len - 1]  # [U, D]: predicts response token 0
+    if not identity:
+        h_last = h_last[expand]
+    predict = h_last[:, None]
+    if R > 1:  # response tokens 0..R-2 (each row's last token predicts nothing) against its prompt's cache
+        if not identity:
+            cache.batch_select_indices(expand)
+            mask = mask[expand]
+        ids, in_mask = _right_pad([r[:-1] for r in responses], pad_id, R - 1, device)
+        mask = torch.cat([mask, in_mask], dim=1)
+        prompt_len = (S + suf_len)[expand]
+        pos = prompt_len[:, None] + torch.arange(R - 1, device=device)
+        hidden = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                      **{cache_kw: cache}).last_hidden_state
+        predict = torch.cat([predict, hidden], dim=1)  # [B, R, D]
+    del cache
+    targets, _ = _right_pad(responses, pad_id, R, device)
+    response_mask = torch.arange(R, device=device)[None, :] < resp_len[:, None]
+    head = model.get_output_embeddings()
+    logp, ent = logprob_entropy_from_hidden(predict[response_mask], head.weight, targets[response_mask],
+                                            chunk_size=chunk_size, lm_head_bias=getattr(head, "bias", None),
+                                            checkpoint=True)
+    zeros = torch.zeros(response_mask.shape, dtype=logp.dtype, device=logp.device)
+    return zeros.masked_scatter(response_mask, logp), zeros.masked_scatter(response_mask, ent.detach())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Micro-batched policy update
 
@@ -226,6 +377,23 @@ def collate(rollouts: Sequence[Rollout], pad_id: int, device: torch.device | str
     }
 
 
+def _collate_responses(rollouts: Sequence[Rollout], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """``collate``'s per-token tensors in response layout (``grouped_logprobs``'s): [b, R], column j = response
+    token j, right-padded to this micro-batch's longest response."""
+    R = max((len(r.response_ids) for r in rollouts), default=0)
+    resp, old, adv = [], [], []
+    for r in rollouts:
+        pad = R - len(r.response_ids)
+        resp.append([True] * len(r.response_ids) + [False] * pad)
+        old.append(list(r.old_logp) + [0.0] * pad)
+        adv.append(list(r.adv_tokens) + [0.0] * pad)
+    return {
+        "response_mask": torch.tensor(resp, dtype=torch.bool, device=device).reshape(len(rollouts), R),
+        "old_logp": torch.tensor(old, dtype=torch.float32, device=device).reshape(len(rollouts), R),
+        "adv": torch.tensor(adv, dtype=torch.float32, device=device).reshape(len(rollouts), R),
+    }
+
+
 def loss_denominator(rollouts: Sequence[Rollout], agg: str) -> float:
     """The minibatch-global normaliser of ``agg``: response tokens (token_mean) or non-empty sequences (seq_*)."""
     if agg == "token_mean":
@@ -240,6 +408,20 @@ def _autocast(accelerator):
     return accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
 
 
+def _micro_logprobs(model, rows: Sequence[Rollout], mb: dict[str, Tensor], shared: bool, pad_id: int,
+                    chunk_size: int) -> Tensor:
+    """log π of one micro-batch in ``mb``'s layout: response layout when ``shared`` (``grouped_logprobs``, or the
+    full-sequence forward moved into it for a model without prefix sharing, e.g. a reference), else full layout."""
+    if not shared:
+        return sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], chunk_size)[0]
+    if supports_prefix_sharing(model):
+        return grouped_logprobs(model, [r.prompt_ids for r in rows], [r.response_ids for r in rows], pad_id,
+                                chunk_size)[0]
+    full = collate(rows, pad_id, mb["response_mask"].device)
+    logp, _ = sequence_logprobs(model, full["input_ids"], full["attention_mask"], full["response_mask"], chunk_size)
+    return logp.new_zeros(mb["response_mask"].shape).masked_scatter(mb["response_mask"], logp[full["response_mask"]])
+
+
 def accumulate_gradients(
     model,
     rollouts: Sequence[Rollout],
@@ -250,8 +432,14 @@ def accumulate_gradients(
     accelerator=None,
     ref_model=None,
     step: int = -1,
+    share_prompts: bool | None = None,
 ) -> dict[str, float]:
     """Forward/backward one minibatch in micro-batches of ``cfg.micro_batch_size`` sequences, accumulating into .grad.
+
+    ``share_prompts``: run each distinct prompt of a micro-batch once and its responses against its cache
+    (``grouped_logprobs``; exact, with gradient through the prompt) instead of every row's full sequence
+    (``sequence_logprobs``). None (default) shares whenever ``supports_prefix_sharing(model)``; False forces the
+    full-sequence path; True requires support. Rows are then ordered by prompt, so a group's rows share micro-batches.
 
     Each micro-batch's unreduced loss (``policy_loss_terms``) is normalised by the *minibatch's* global ``denom``
     (see ``loss_denominator``; under DDP divide it by the world size, since DDP averages gradients), so the
@@ -265,23 +453,37 @@ def accumulate_gradients(
     Returns sums over the minibatch: loss, tokens, clipped (token count), approx_kl (Σ over tokens).
     """
     device = next(model.parameters()).device
-    # Sort by length so micro-batches hold similar lengths (little padding); the gradient is a sum, order-free.
-    order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].response_ids))
+    if share_prompts is None:
+        share_prompts = supports_prefix_sharing(model)
+    elif share_prompts and not supports_prefix_sharing(model):
+        raise ValueError("share_prompts=True, but this model does not support prefix sharing")
+    if share_prompts:
+        # Rows of one prompt side by side (similar prompt lengths next to each other), then by response length.
+        def key(i):
+            r = rollouts[i]
+            return len(r.prompt_ids), tuple(r.prompt_ids), len(r.response_ids), i
+    else:
+        # Sort by length so micro-batches hold similar lengths (little padding); the gradient is a sum, order-free.
+        def key(i):
+            return len(rollouts[i].prompt_ids) + len(rollouts[i].response_ids)
+    order = sorted(range(len(rollouts)), key=key)
     chunks = [order[k:k + cfg.micro_batch_size] for k in range(0, len(order), cfg.micro_batch_size)]
     out = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0}
     for c, chunk in enumerate(chunks):
-        mb = collate([rollouts[i] for i in chunk], pad_id, device)
+        rows = [rollouts[i] for i in chunk]
+        # A micro-batch without response tokens has nothing to share: the full-sequence path handles it as before.
+        shared = share_prompts and any(r.response_ids for r in rows)
+        mb = _collate_responses(rows, device) if shared else collate(rows, pad_id, device)
         mask = mb["response_mask"]
         ref_logp = None
         if ref_model is not None:
             with torch.no_grad(), _autocast(accelerator):
-                ref_logp, _ = sequence_logprobs(ref_model, mb["input_ids"], mb["attention_mask"], mask,
-                                                cfg.chunk_size)
+                ref_logp = _micro_logprobs(ref_model, rows, mb, shared, pad_id, cfg.chunk_size)
         # Under DDP only the last micro-batch all-reduces; the others accumulate locally.
         sync = (accelerator is None or accelerator.num_processes == 1 or c == len(chunks) - 1)
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
             with _autocast(accelerator):
-                logp, _ = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mask, cfg.chunk_size)
+                logp = _micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size)
             terms, parts = policy_loss_terms(logp, mb["old_logp"], mb["adv"], mask, cfg.clip_low, cfg.clip_high,
                                              ref_logp=ref_logp, kl_coef=cfg.kl_coef, return_parts=True)
             if cfg.agg == "token_mean":

@@ -21,7 +21,7 @@ from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score
-from tasks.publish import markdown_table, publish_markdown, publish_table
+from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
 from tasks.rollout import first_prompts, load_base_policy
 
 PARAMS_KEYS = ("model", "evaluate", "reward")
@@ -110,6 +110,7 @@ def evaluate_task(params: Params, name: str) -> dict:
     metrics = compute_metrics(frame)
     write_json_artifact(metrics_path(params, name), metrics, lineage)
 
+    record_assets([out_samples, metrics_path(params, name)], list(inputs.values()) + ([] if ckpt else [policy.info.get("path") or params.model.name_or_path]), f"evaluate-{name}")
     table = metrics_rows(metrics)
     publish_table(f"evaluate-{name}-metrics", table, f"Evaluation metrics of {name!r} per dataset")
     test = metrics[TEST]

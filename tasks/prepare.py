@@ -12,7 +12,7 @@ from eapo.config import Params
 from eapo.contracts import write_artifact
 from eapo.data import PromptRecord, check_no_leakage, dedupe, filter_records, generate, read_records, split_train_test
 from eapo.lineage import make_lineage, write_json_artifact
-from tasks.publish import markdown_table, publish_markdown, publish_table
+from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
 
 PARAMS_KEYS = ("prepare",)
 
@@ -57,6 +57,7 @@ def prepare_task(params: Params) -> dict:
     table = [{"source": s, "split": sp, "prompts": n} for (s, sp), n in sorted(counts.items())]
     summary = {"train": len(train), "test": len(test), **info, "per_source": table}
     write_json_artifact(params.paths.prepare_summary, summary, lineage)
+    record_assets([params.paths.prompts_train, params.paths.prompts_test], [s.path for s in params.prepare.sources], "prepare")
     publish_table("prepare-counts", table, "Prompts per source and split")
     publish_markdown("prepare-summary", "\n".join([
         "# prepare", "", f"- train: **{len(train)}** prompts -> `{out['train']}`",

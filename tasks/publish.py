@@ -43,3 +43,24 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def asset_key(path: str | Path) -> str:
+    """A Prefect asset key for a file or directory: its file:// URI (spaces and reserved characters escaped)."""
+    from urllib.parse import quote
+
+    return "file://" + quote(str(Path(path).resolve()), safe="/._-~:@")
+
+
+def record_assets(outputs: list[str | Path], inputs: list[str | Path], stage: str) -> None:
+    """Declare the stage's outputs as Prefect assets materialized from its inputs, so the UI draws the lineage graph.
+
+    A materializing task is built at run time because the asset keys come from params (paths are declared once)."""
+    from prefect.assets import materialize
+
+    @materialize(*[asset_key(p) for p in outputs], asset_deps=[asset_key(p) for p in inputs],
+                 name=f"{stage}-assets", by="eapo")
+    def _materialized() -> list[str]:
+        return [str(p) for p in outputs]
+
+    _materialized()

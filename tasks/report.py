@@ -17,7 +17,7 @@ from eapo.contracts import read_artifact
 from eapo.lineage import make_lineage, read_lineage, write_json_artifact, write_sidecar
 from eapo.report import Boot, ReportInputs, build_report
 from tasks.evaluate import BASE, metrics_path, samples_path
-from tasks.publish import publish_links, publish_markdown, publish_table
+from tasks.publish import record_assets, publish_links, publish_markdown, publish_table
 
 PARAMS_KEYS = ("report", "study")
 PNG_FILES = ("reward_curves.png", "entropy_curves.png", "accuracy.png", "quadrant_shares.png")
@@ -108,6 +108,7 @@ def report_task(params: Params) -> dict:
     tmp.replace(md_path)
     write_sidecar(md_path, lineage)
 
+    record_assets([md_path, out / "summary.json"], [p for k, p in paths.items()], "report")
     publish_markdown("report", rep.markdown, "EAPO study report: Four Quadrant ablation table and more")
     publish_table("report-accuracy", acc, "Test avg@k per model with bootstrap intervals")
     publish_links("report-plot", [out / f for f in PNG_FILES], "Report plots")

@@ -12,7 +12,7 @@ from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score, summarize
-from tasks.publish import markdown_table, publish_markdown, publish_table
+from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
 
 PARAMS_KEYS = ("model", "rollout", "reward")
 
@@ -60,6 +60,7 @@ def rollout_task(params: Params) -> dict:
     metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"],
                "tokens_per_s": stats["tokens_per_s"], "sampling_seconds": stats["seconds"]}
     write_json_artifact(params.paths.rollout_metrics, metrics, lineage)
+    record_assets([params.paths.rollouts], [params.paths.prompts_train, policy.info.get("path") or params.model.name_or_path], "rollout")
     publish_table("rollout-metrics", [metrics], "Rollout accuracy, extraction rate, length and throughput")
     examples = [{"prompt": s.sample.prompt_index, "sample": s.sample.sample_idx, "answer": prompts[s.sample.prompt_index]["answer"],
                  "extracted": s.result.extracted, "reward": s.result.reward, "response": s.text[:200]}

@@ -16,7 +16,7 @@ from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_sidecar
 from eapo.sampler import Sample
 from eapo.trainer import step_prompt_indices, train
-from tasks.publish import markdown_table, publish_markdown, publish_table
+from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
 from tasks.rollout import first_prompts, load_base_policy
 
 log = logging.getLogger("eapo.train")
@@ -99,6 +99,7 @@ def train_task(params: Params, variant: str) -> dict:
         writer.writerows(result.steps)
     shutil.rmtree(run_dir.parent, ignore_errors=True)  # checkpoints are only for resuming an interrupted run
 
+    record_assets([paths["model"], paths["steps"]], [params.paths.prompts_train, *inputs.values(), policy.info.get("path") or params.model.name_or_path], f"train-{variant}")
     first, last = result.steps[0], result.steps[-1]
     final = {"variant": variant, "steps": len(result.steps), "reward_start": first["reward_mean"],
              "reward_end": last["reward_mean"], "entropy_start": first["entropy_mean"],

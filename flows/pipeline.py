@@ -1,0 +1,116 @@
+"""The whole study as one Prefect flow, driven through DVC's Python API so DVC's cache decides what reruns.
+
+    python -m flows.pipeline [--variants grpo eapo] [--seed 1] [-S variants.eapo.alpha=0.7] [--force]
+    eapo serve [--cron "0 2 * * *"]     # the same flow as a deployment, triggered or scheduled from the Prefect UI
+
+Overrides are applied as `dvc exp run -S` applies them: the experiment is run in the workspace with the changed params
+and recorded as a DVC experiment (`dvc exp show`). Without overrides it is a plain `dvc repro`. Each stage's own flow run
+(a separate process started by DVC) is tagged `pipeline-run:<this run's id>`, so the UI groups them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from eapo.config import load_params, params_from_dict, set_dotted
+from flows.stage import parse_overrides
+
+
+def study_overrides(variants: list[str] | None, seed: int | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The pipeline's parameters as dotted params keys: `seed` seeds every sampling and training stage."""
+    out: dict[str, Any] = {}
+    if variants:
+        out["study.variants"] = list(variants)
+    if seed is not None:
+        for key in ("prepare.seed", "rollout.seed", "train.seed", "evaluate.seed", "annotate.cmi.seed"):
+            out[key] = seed
+    out.update(overrides or {})
+    return out
+
+
+def _check(params_path: Path, overrides: dict[str, Any]) -> None:
+    """Validate the overridden params before DVC starts anything: a bad key fails here, naming it."""
+    import yaml
+
+    raw = yaml.safe_load(params_path.read_text())
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    params_from_dict(raw)
+
+
+@task(name="dvc-repro", cache_policy=NO_CACHE)
+def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, force: bool) -> dict:
+    from dvc.repo import Repo
+
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    with Repo(root) as repo:
+        if overrides:
+            # `dvc exp run -S key=value`: YAML values, as the CLI would parse them.
+            import yaml
+
+            sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                    for k, v in overrides.items()]
+            logger.info("dvc exp run %s", " ".join(f"-S {s}" for s in sets))
+            results = repo.experiments.run(targets=targets or None, params=sets, force=force)
+            ran = sorted(results) if results else []
+        else:
+            logger.info("dvc repro %s", " ".join(targets or []))
+            stages = repo.reproduce(targets=targets or None, force=force)
+            ran = [s.addressing for s in stages]
+    return {"ran": ran, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+@flow(name="pipeline", description="Reproduce the whole EAPO study through DVC (cache-aware).")
+def pipeline_flow(variants: list[str] | None = None, seed: int | None = None,
+                  overrides: dict[str, Any] | None = None, targets: list[str] | None = None,
+                  force: bool = False, project_dir: str = ".") -> dict:
+    root = Path(project_dir).resolve()
+    sets = study_overrides(variants, seed, overrides)
+    _check(root / "params.yaml", sets)
+    run_id = flow_run.get_id()
+    previous = os.environ.get("EAPO_PARENT_RUN")
+    os.environ["EAPO_PARENT_RUN"] = str(run_id)  # inherited by the stage processes DVC starts
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        result = dvc_repro(str(root), sets, targets, force)
+    finally:
+        os.chdir(cwd)
+        if previous is None:
+            os.environ.pop("EAPO_PARENT_RUN", None)
+        else:
+            os.environ["EAPO_PARENT_RUN"] = previous
+    return {**result, "overrides": sets, "pipeline_run": str(run_id)}
+
+
+def serve(cron: str | None = None, name: str = "eapo-study", project_dir: str = ".") -> None:
+    """Serve `pipeline_flow` as a deployment: trigger it from the UI, or on `cron`."""
+    load_params(Path(project_dir) / "params.yaml")  # fail fast on a broken params file
+    pipeline_flow.serve(name=name, cron=cron, parameters={"project_dir": str(Path(project_dir).resolve())},
+                        tags=["eapo"], description="Reproduce the EAPO study through DVC")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", help="variants to train/evaluate (study.variants)")
+    parser.add_argument("--seed", type=int, help="seed for every sampling and training stage")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--targets", nargs="+", help="DVC stages to reproduce (default: all)")
+    parser.add_argument("--force", action="store_true", help="rerun even if DVC thinks nothing changed")
+    args = parser.parse_args(argv)
+    return pipeline_flow(variants=args.variants, seed=args.seed, overrides=parse_overrides(args.overrides),
+                         targets=args.targets, force=args.force)
+
+
+if __name__ == "__main__":
+    print(main())
