@@ -54,3 +54,9 @@ def test_unknown_section_and_overrides(tmp_path):
     p = load_params(path, {"variants.eapo.alpha": 0.7, "train.steps": 3})
     assert p.variants["eapo"].alpha == 0.7 and p.train.steps == 3
     assert p.subset("variants.eapo")["variants.eapo"]["alpha"] == 0.7
+
+
+def test_paper_scale_profile_is_valid():
+    p = load_params(ROOT / "configs" / "paper-scale.params.yaml")
+    assert p.train.group_size == 8 and p.train.max_new_tokens == 4096 and p.model.device == "cuda"
+    assert p.train.prompts_per_step * p.train.group_size % p.train.minibatches == 0
