@@ -25,9 +25,11 @@ from eapo.trainer import (
     TrainingDiverged,
     accumulate_gradients,
     collate,
+    grouped_logprobs,
     loss_denominator,
     sequence_logprobs,
     step_prompt_indices,
+    supports_prefix_sharing,
     train,
 )
 
@@ -177,6 +179,105 @@ def test_micro_batched_gradient_equals_full_batch(base, agg):
     assert stats["loss"] == pytest.approx(float(loss.detach()), abs=1e-6)
     for n, p in model.named_parameters():
         assert (p.grad - full[n]).abs().max().item() < 1e-6, n
+
+
+def grouped_rollouts(vocab: int, seed: int = 0) -> list[Rollout]:
+    """GRPO-shaped rows: 3 prompts of mixed lengths with a common prefix, 3 responses each (one empty), rows
+    interleaved across groups, plus a lone prompt with no prefix in common; signed advantages."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randint(0, vocab, (6,), generator=g).tolist()
+    groups = []
+    for k, own in enumerate((1, 4, 7)):
+        prompt = common + torch.randint(0, vocab, (own,), generator=g).tolist()
+        rows = []
+        for j in range(3):
+            n = 0 if (k, j) == (1, 2) else int(torch.randint(1, 8, (1,), generator=g))
+            adv = ((1.0 if j % 2 == 0 else -1.0) * (0.5 + torch.rand(n, generator=g))).tolist()
+            rows.append(Rollout(prompt, torch.randint(0, vocab, (n,), generator=g).tolist(), [0.0] * n, adv))
+        groups.append(rows)
+    out = [r for trio in zip(*groups) for r in trio]
+    out.append(Rollout(torch.randint(0, vocab, (2,), generator=g).tolist(), [int(torch.randint(0, vocab, (1,)))],
+                       [0.0], [1.0]))
+    return out
+
+
+def to_response_layout(x: torch.Tensor, response_mask: torch.Tensor, rollouts: list[Rollout]) -> torch.Tensor:
+    width = max(len(r.response_ids) for r in rollouts)
+    out = torch.zeros((len(rollouts), width), dtype=x.dtype)
+    for i, r in enumerate(rollouts):
+        out[i, :len(r.response_ids)] = x[i][response_mask[i]]
+    return out
+
+
+def test_grouped_logprobs_match_full_sequence_forward(base):
+    """Shared-prompt forward == full-sequence forward: log-probs, entropies and the parameter gradient."""
+    model = copy.deepcopy(base.model).train()
+    assert supports_prefix_sharing(model)
+    rollouts = grouped_rollouts(model.config.vocab_size)
+    mb = collate(rollouts, pad_id=0)
+    weights = torch.randn(mb["input_ids"].shape, generator=torch.Generator().manual_seed(2))
+
+    logp, ent = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], 5)
+    (logp * weights).sum().backward()
+    ref_grad = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    ref_lp, ref_ent, w = (to_response_layout(x.detach(), mb["response_mask"], rollouts) for x in (logp, ent, weights))
+
+    g_lp, g_ent = grouped_logprobs(model, [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts],
+                                   pad_id=0, chunk_size=5)
+    assert g_lp.shape == g_ent.shape == ref_lp.shape
+    torch.testing.assert_close(g_lp.detach(), ref_lp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g_ent, ref_ent, atol=1e-5, rtol=1e-6)  # entropies ~ log V ≈ 11
+    (g_lp * w).sum().backward()
+    for n, p in model.named_parameters():
+        rel = ((p.grad - ref_grad[n]).norm() / ref_grad[n].norm()).item()
+        assert rel < 1e-5, (n, rel)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_shared_prompt_update_equals_full_sequence_update(base, agg):
+    """accumulate_gradients with prompts shared per group gives the full-sequence path's loss, stats and gradient."""
+    model = copy.deepcopy(base.model).train()
+    rollouts = grouped_rollouts(model.config.vocab_size, seed=3)
+    set_old_logp(model, rollouts, noise=0.3)
+    cfg = dataclasses.replace(CFG, agg=agg, micro_batch_size=4, chunk_size=3, kl_coef=0.1)
+    ref_model = copy.deepcopy(base.model).eval().requires_grad_(False)
+    with torch.no_grad():  # a reference that differs from the policy, so the KL term has a gradient
+        for p in ref_model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    denom = loss_denominator(rollouts, agg)
+    results = {}
+    for share in (False, True):
+        stats = accumulate_gradients(model, rollouts, cfg, denom=denom, pad_id=0, ref_model=ref_model,
+                                     share_prompts=share)
+        results[share] = stats, {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+    (old_stats, old_grad), (new_stats, new_grad) = results[False], results[True]
+    assert old_stats["tokens"] == new_stats["tokens"] and old_stats["clipped"] == new_stats["clipped"]
+    for k in ("loss", "approx_kl"):
+        assert new_stats[k] == pytest.approx(old_stats[k], rel=1e-5, abs=1e-7), k
+    for n in old_grad:
+        rel = ((new_grad[n] - old_grad[n]).norm() / old_grad[n].norm()).item()
+        assert rel < 1e-5, (n, rel)
+    # The default picks the shared path for a Llama and is deterministic.
+    again = accumulate_gradients(model, rollouts, cfg, denom=denom, pad_id=0, ref_model=ref_model)
+    assert again == new_stats
+    assert all(torch.equal(p.grad, new_grad[n]) for n, p in model.named_parameters())
+
+
+def test_prefix_sharing_falls_back_for_wrapped_or_unknown_models(base):
+    class Wrapper(torch.nn.Module):  # a module that is not a HF model itself (an unknown wrapper)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert not supports_prefix_sharing(Wrapper(base.model))
+    other = copy.deepcopy(base.model)
+    other.config.model_type = "not-a-llama"
+    assert not supports_prefix_sharing(other)
+    with pytest.raises(ValueError, match="prefix sharing"):
+        accumulate_gradients(other, grouped_rollouts(other.config.vocab_size), CFG, denom=1.0, pad_id=0,
+                             share_prompts=True)
 
 
 def test_one_update_raises_positive_sequence_logprob(base):
