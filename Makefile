@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS=1
 export GX_ANALYTICS_ENABLED=false
 export HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: install run test test-all lint server server-stop clean
+.PHONY: install run test lint bench server server-stop clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks print ratios against baselines measured in the same run; TRL is installed for them only.
+bench: install
+	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) -e '.[bench]' || $(PY) -m pip install -q -e '.[bench]'
+	for b in sampling annotation train_step orchestration flops; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check eapo tasks flows tests benchmarks

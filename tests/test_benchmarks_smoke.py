@@ -1,0 +1,87 @@
+"""Smoke test of benchmarks/: each benchmark's ``main(argv)`` runs on the tiny random model at the smallest sizes and
+returns a table with the expected rows and positive numbers. Timings are not checked (that is what the benchmarks are
+for). The orchestration benchmark talks to a Prefect server and runs DVC, so it is exercised only in its cheapest
+form (prepare stage, no rollout, no ephemeral start, no dvc) and only when a local server answers."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = "tiny-random-llama"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture
+def out(tmp_path):
+    return ["--results-dir", str(tmp_path), "--quiet", "--model", TINY, "--reps", "1"]
+
+
+def test_sampling(out, tmp_path):
+    res = _load("bench_sampling").main([*out, "--prompts", "1", "--n", "2", "--tokens", "3"])
+    assert [(r["model"], r["backend"]) for r in res["rows"]] == [(TINY, "fast"), (TINY, "generate")]
+    assert all(_positive(r["tok/s median"]) for r in res["rows"])
+    assert _positive(res["rows"][0]["ratio fast/generate"])
+    assert (tmp_path / "bench_sampling.json").is_file()
+
+
+def test_annotation(out, tmp_path):
+    res = _load("bench_annotation").main([*out, "--sizes", "2x8", "--chunk", "4", "--memory-sizes", "2x8"])
+    assert [r["variant"] for r in res["rows"]] == ["bare", "naive", "ours"]
+    assert all(_positive(r["tok/s"]) for r in res["rows"])
+    assert res["verdict"][TINY]["max_abs_diff"] <= 1e-5
+    (mem,) = res["memory_rows"]
+    assert all(mem[f"{v} peak +MiB"] >= 0 for v in ("bare", "naive", "ours"))
+    assert (tmp_path / "bench_annotation.json").is_file()
+
+
+def test_flops(out, tmp_path):
+    res = _load("bench_flops").main([*out, "--mm", "64", "--mm-iters", "1", "--batch", "4", "--tokens", "2",
+                                     "--seq", "8"])
+    assert len(res["rows"]) == 4
+    assert all(_positive(r["share of peak (median/best peak)"]) for r in res["rows"])
+    assert _positive(res["peak_best_flops"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                    reason="trl is not installed (the `bench` extra: pip install -e '.[bench]')")
+def test_train_step(out, tmp_path):
+    res = _load("bench_train_step").main([*out, "--steps", "1", "--tokens", "4", "--prompts", "2", "--group", "2"])
+    assert [r["trainer"] for r in res["rows"]] == ["eapo.trainer.train", "trl GRPOTrainer 1.16"]
+    assert all(_positive(res["stats"][s]["timed"]["median"]) for s in ("ours", "trl"))
+    assert _positive(res["verdict"]["ratio"])
+
+
+def _server_up() -> bool:
+    try:
+        from flows.server import api_url, healthy
+
+        return healthy(api_url())
+    except (ImportError, OSError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _server_up(), reason="no local Prefect server on 127.0.0.1:4200 (`make server`)")
+def test_orchestration(out, tmp_path):
+    res = _load("bench_orchestration").main([*out, "--skip-rollout", "--skip-ephemeral", "--skip-dvc"])
+    (row,) = res["rows"]
+    assert row["stage"] == "prepare"
+    assert "prepare" in res["verdict"]
