@@ -257,8 +257,6 @@ class TrainConfig(SamplingConfig):
     seed: int = 0
     reuse_rollouts: bool = True
     """Step 0 reuses the rollout stage's samples when the rollout params equal these (the policy is unchanged)."""
-    save_rollouts: bool = False
-    """Also write every step's samples as `rollouts.parquet` under the variant dir, for inspection."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Passed to accelerate. `no` on CPU."""
 

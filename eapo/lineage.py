@@ -153,6 +153,17 @@ def read_lineage(path: str | Path) -> Lineage | None:
     return None
 
 
+def _resolve_input(recorded: Path, consumer: Path) -> Path:
+    """Inputs are recorded as the stage saw them: paths relative to the project root (where DVC runs stages). Resolve
+    them against the consumer's project (the nearest folder above it with a dvc.yaml), not the reader's cwd."""
+    if recorded.is_absolute() or recorded.exists():
+        return recorded
+    for parent in consumer.resolve().parents:
+        if (parent / "dvc.yaml").is_file() and (parent / recorded).exists():
+            return parent / recorded
+    return recorded
+
+
 def lineage_tree(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
     """Walk an artifact's inputs recursively. Each node says whether the input on disk still matches the hash the
     consumer recorded (`stale` when it was regenerated with different data since)."""
@@ -168,7 +179,7 @@ def lineage_tree(path: str | Path, _seen: set[str] | None = None) -> dict[str, A
         return node
     seen.add(key)
     for name, rec in lin.inputs.items():
-        child_path = Path(rec["path"])
+        child_path = _resolve_input(Path(rec["path"]), path)
         child = lineage_tree(child_path, seen)
         current = (child["lineage"] or {}).get("data_sha256") if child["lineage"] else (
             file_sha256(child_path) if child_path.exists() else None)

@@ -115,7 +115,7 @@ STEP_KEYS: tuple[str, ...] = (
 #: Columns that measure wall time: the only ones allowed to differ between a resumed and an uninterrupted run.
 WALL_TIME_KEYS = ("seconds", "tokens_per_s")
 #: TrainConfig fields that may change between a checkpoint and its resume (they do not change the trajectory).
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "save_rollouts", "reuse_rollouts"}
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "reuse_rollouts"}
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 

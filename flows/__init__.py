@@ -6,3 +6,5 @@ import eapo  # noqa: F401  (telemetry off before Prefect is imported)
 
 # The ephemeral API starts a local server per process; 20 s (the default) is tight on 2 loaded cores.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The library logs on "eapo.*" (one line per training step, reward failures): show it in the Prefect UI's run logs too.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "eapo")

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -42,7 +43,9 @@ def run_stage(flow: Callable[..., Any], argv: list[str] | None = None, **extra_a
     for add in extra_args.values():
         add(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Prefect attaches its console and API handlers to "eapo" (PREFECT_LOGGING_EXTRA_LOGGERS, flows/__init__.py);
+    # INFO makes the per-step training lines visible there.
+    logging.getLogger("eapo").setLevel(logging.INFO)
     try:
         overrides = parse_overrides(args.overrides)
         load_params(args.params, overrides)

@@ -16,7 +16,7 @@ from eapo.config import Params
 from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_json_artifact
 from eapo.reward import RewardScorer
-from tasks.publish import record_assets, markdown_table, publish_links, publish_markdown, publish_table
+from tasks.publish import markdown_table, publish_links, publish_markdown, publish_table, record_assets
 from tasks.rollout import load_base_policy
 
 PARAMS_KEYS = ("model", "annotate", "reward")

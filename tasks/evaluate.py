@@ -21,7 +21,7 @@ from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score
-from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
+from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 from tasks.rollout import first_prompts, load_base_policy
 
 PARAMS_KEYS = ("model", "evaluate", "reward")

@@ -10,9 +10,17 @@ from prefect.cache_policies import NO_CACHE
 
 from eapo.config import Params
 from eapo.contracts import write_artifact
-from eapo.data import PromptRecord, check_no_leakage, dedupe, filter_records, generate, read_records, split_train_test
+from eapo.data import (
+    PromptRecord,
+    check_no_leakage,
+    dedupe,
+    filter_records,
+    generate,
+    read_records,
+    split_train_test,
+)
 from eapo.lineage import make_lineage, write_json_artifact
-from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
+from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 
 PARAMS_KEYS = ("prepare",)
 

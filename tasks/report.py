@@ -17,7 +17,7 @@ from eapo.contracts import read_artifact
 from eapo.lineage import make_lineage, read_lineage, write_json_artifact, write_sidecar
 from eapo.report import Boot, ReportInputs, build_report
 from tasks.evaluate import BASE, metrics_path, samples_path
-from tasks.publish import record_assets, publish_links, publish_markdown, publish_table
+from tasks.publish import publish_links, publish_markdown, publish_table, record_assets
 
 PARAMS_KEYS = ("report", "study")
 PNG_FILES = ("reward_curves.png", "entropy_curves.png", "accuracy.png", "quadrant_shares.png")

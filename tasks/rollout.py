@@ -12,7 +12,7 @@ from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score, summarize
-from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
+from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 
 PARAMS_KEYS = ("model", "rollout", "reward")
 

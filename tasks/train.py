@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -16,10 +15,9 @@ from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_sidecar
 from eapo.sampler import Sample
 from eapo.trainer import step_prompt_indices, train
-from tasks.publish import record_assets, markdown_table, publish_markdown, publish_table
+from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 from tasks.rollout import first_prompts, load_base_policy
 
-log = logging.getLogger("eapo.train")
 SAMPLING_KEYS = ("group_size", "temperature", "top_p", "max_new_tokens")
 
 
@@ -74,12 +72,8 @@ def train_task(params: Params, variant: str) -> dict:
         if stale != run_dir:
             shutil.rmtree(stale, ignore_errors=True)
 
-    def on_step(row: dict) -> None:
-        log.info("%s step %d: reward %.3f entropy %.3f len %.1f loss %.4f (%.1fs)", variant, row["step"],
-                 row["reward_mean"], row["entropy_mean"], row["response_length"], row["loss"], row["seconds"])
-
     result = train(policy, prompts, params.train, variant, params.variants[variant], params.model, params.reward,
-                   run_dir, initial_samples=initial, on_step=on_step)
+                   run_dir, initial_samples=initial)  # the trainer logs one line per step (eapo.train)
     inputs = {"prompts_train": params.paths.prompts_train}
     if initial is not None:
         inputs["rollouts"] = params.paths.rollouts

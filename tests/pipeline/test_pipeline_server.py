@@ -86,3 +86,34 @@ def test_pipeline_flow_against_a_real_server(prefect_server, tmp_path):
     assert {t.name.rsplit("-", 1)[0] for t in tasks} >= {"prepare", "rollout", "annotate", "train", "evaluate"}
     keys = {a.key for a in artifacts if a.key}
     assert {"prepare-counts", "rollout-metrics", "annotate-quadrants", "report"} <= keys
+
+
+@pytest.mark.slow
+def test_eapo_serve_registers_a_scheduled_deployment(prefect_server, tmp_path):
+    from tests.conftest import ROOT
+
+    env = stage_env(prefect_server)
+    proc = subprocess.Popen([sys.executable, "-m", "eapo.cli", "serve", "--cron", "0 2 * * *", "--name", "t-study"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    async def deployments():
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            async with get_client() as client:
+                return await client.read_deployments()
+
+    try:
+        found = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not found:
+            time.sleep(2)
+            found = [d for d in asyncio.run(deployments()) if d.name == "t-study"]
+        assert found, "the deployment never appeared"
+        assert found[0].schedules[0].schedule.cron == "0 2 * * *"
+        assert found[0].parameters["project_dir"] == str(ROOT)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
