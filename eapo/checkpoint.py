@@ -18,6 +18,7 @@ half-written directory that a resume would trust. ``latest`` only ever returns d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -74,13 +75,31 @@ def _set_rng_state(json_part: dict, tensor_part: dict) -> None:
         torch.cuda.set_rng_state_all(tensor_part["cuda"])
 
 
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yield a temp directory next to ``final``; on success it replaces ``final`` by a rename (an existing one is moved
+    aside first, then dropped), on failure it is removed. A killed writer never leaves a half-written ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save(root: Path, step: int, *, model, optimizer, scheduler, steps: list[dict], config: dict) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; returns its directory. An existing one is replaced."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
-    try:
+    with atomic_dir(final) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -90,15 +109,6 @@ def save(root: Path, step: int, *, model, optimizer, scheduler, steps: list[dict
         (tmp / "steps.json").write_text(json.dumps(steps, indent=1))
         # state.json last: its presence marks a complete checkpoint even on filesystems without atomic rename.
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=1, default=str))
-        os.chmod(tmp, 0o755)
-        if final.exists():  # a rerun of the same step: move the old one aside first, then drop it
-            old = root / f".{final.name}.old-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

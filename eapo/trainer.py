@@ -63,9 +63,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -566,21 +563,10 @@ def _validate_initial(initial_samples, prompt_ids: list[list[int]], group_size: 
 
 def _write_model_dir(model, tokenizer, model_dir: Path, train_config: dict) -> None:
     """out_dir/model: save_pretrained (safetensors) + tokenizer + train_config.json, via a temp dir and a rename."""
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.tmp-"))
-    try:
+    with checkpoint.atomic_dir(model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "train_config.json").write_text(json.dumps(train_config, indent=1, default=str))
-        os.chmod(tmp, 0o755)
-        if model_dir.exists():
-            old = model_dir.parent / f".{model_dir.name}.old-{os.getpid()}"
-            os.rename(model_dir, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, model_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
     eapo serve [--cron "0 2 * * *"]     # the same flow as a deployment, triggered or scheduled from the Prefect UI
 
 Overrides are applied as `dvc exp run -S` applies them: the experiment is run in the workspace with the changed params
-and recorded as a DVC experiment (`dvc exp show`). Without overrides it is a plain `dvc repro`. Each stage's own flow run
-(a separate process started by DVC) is tagged `pipeline-run:<this run's id>`, so the UI groups them.
+and recorded as a DVC experiment (`dvc exp show`). Without overrides it is a plain `dvc repro`. Each stage's own
+flow run (a separate process started by DVC) is tagged `pipeline-run:<this run's id>`, so the UI groups them.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def run_stage(flow: Callable[..., Any], argv: list[str] | None = None, **extra_args: Callable[[argparse.ArgumentParser], None]) -> Any:
+def run_stage(flow: Callable[..., Any], argv: list[str] | None = None,
+              **extra_args: Callable[[argparse.ArgumentParser], None]) -> Any:
     """Parse the command line and run `flow(params_path, overrides, **stage_args)`.
 
     Params are loaded once here too, so a config error exits 2 before Prefect or torch is started. The flow itself

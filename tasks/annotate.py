@@ -96,7 +96,8 @@ def annotate_task(params: Params) -> dict:
     _write_csv(out / "cmi_points.csv", [{k: r[k] for k in ("entropy", "cmi", "cmi_lo", "cmi_hi")} for r in cmi_rows]
                or [{"entropy": 0.0, "cmi": 0.0, "cmi_lo": 0.0, "cmi_hi": 0.0}])
 
-    record_assets([params.paths.tokens, params.paths.cmi, params.paths.quadrant_stats], [params.paths.rollouts], "annotate")
+    record_assets([params.paths.tokens, params.paths.cmi, params.paths.quadrant_stats], [params.paths.rollouts],
+                  "annotate")
     publish_table("annotate-quadrants", quadrant_table, f"Four Quadrant Decomposition (tau = {tau:.3f} nats)")
     publish_markdown("annotate-summary", "\n".join([
         "# annotate", "", f"- τ = {tau:.4f} nats (top {cfg.rho:.0%} of {len(labels)} response tokens)",

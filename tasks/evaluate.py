@@ -110,7 +110,8 @@ def evaluate_task(params: Params, name: str) -> dict:
     metrics = compute_metrics(frame)
     write_json_artifact(metrics_path(params, name), metrics, lineage)
 
-    record_assets([out_samples, metrics_path(params, name)], list(inputs.values()) + ([] if ckpt else [policy.info.get("path") or params.model.name_or_path]), f"evaluate-{name}")
+    base_model = [] if ckpt else [policy.info.get("path") or params.model.name_or_path]
+    record_assets([out_samples, metrics_path(params, name)], [*inputs.values(), *base_model], f"evaluate-{name}")
     table = metrics_rows(metrics)
     publish_table(f"evaluate-{name}-metrics", table, f"Evaluation metrics of {name!r} per dataset")
     test = metrics[TEST]
@@ -119,7 +120,8 @@ def evaluate_task(params: Params, name: str) -> dict:
         f"# evaluate: `{name}`", "",
         (f"- model: `{identity.get('checkpoint') or identity.get('name')}` ({identity.get('kind')}, "
         f"sha256 `{str(identity.get('sha256'))[:12]}`)"),
-        (f"- test: greedy {test.get('greedy_acc', float('nan')):.3f}, avg@{k} {test.get(f'avg@{k}', float('nan')):.3f}, "
+        (f"- test: greedy {test.get('greedy_acc', float('nan')):.3f}, "
+        f"avg@{k} {test.get(f'avg@{k}', float('nan')):.3f}, "
         f"pass@{k} {test.get(f'pass@{k}', float('nan')):.3f} over {test['prompts']} prompts"),
         f"- samples: `{out_samples}`; metrics: `{metrics_path(params, name)}`", "",
         markdown_table(table)]), f"Evaluate stage summary ({name})")

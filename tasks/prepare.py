@@ -65,7 +65,8 @@ def prepare_task(params: Params) -> dict:
     table = [{"source": s, "split": sp, "prompts": n} for (s, sp), n in sorted(counts.items())]
     summary = {"train": len(train), "test": len(test), **info, "per_source": table}
     write_json_artifact(params.paths.prepare_summary, summary, lineage)
-    record_assets([params.paths.prompts_train, params.paths.prompts_test], [s.path for s in params.prepare.sources], "prepare")
+    record_assets([params.paths.prompts_train, params.paths.prompts_test], [s.path for s in params.prepare.sources],
+                  "prepare")
     publish_table("prepare-counts", table, "Prompts per source and split")
     publish_markdown("prepare-summary", "\n".join([
         "# prepare", "", f"- train: **{len(train)}** prompts -> `{out['train']}`",

@@ -60,11 +60,14 @@ def rollout_task(params: Params) -> dict:
     metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"],
                "tokens_per_s": stats["tokens_per_s"], "sampling_seconds": stats["seconds"]}
     write_json_artifact(params.paths.rollout_metrics, metrics, lineage)
-    record_assets([params.paths.rollouts], [params.paths.prompts_train, policy.info.get("path") or params.model.name_or_path], "rollout")
+    record_assets([params.paths.rollouts],
+                  [params.paths.prompts_train, policy.info.get("path") or params.model.name_or_path], "rollout")
     publish_table("rollout-metrics", [metrics], "Rollout accuracy, extraction rate, length and throughput")
-    examples = [{"prompt": s.sample.prompt_index, "sample": s.sample.sample_idx, "answer": prompts[s.sample.prompt_index]["answer"],
-                 "extracted": s.result.extracted, "reward": s.result.reward, "response": s.text[:200]}
-                for s in scored[: 4 * cfg.group_size: cfg.group_size // 2 or 1][:8]]
+    # Two responses from each of the first four prompts.
+    shown = [s for s in scored if s.sample.prompt_index < 4 and s.sample.sample_idx < 2]
+    examples = [{"prompt": s.sample.prompt_index, "sample": s.sample.sample_idx,
+                 "answer": prompts[s.sample.prompt_index]["answer"], "extracted": s.result.extracted,
+                 "reward": s.result.reward, "response": s.text[:200]} for s in shown]
     publish_table("rollout-samples", examples, "A few sampled responses")
     publish_markdown("rollout-summary", "\n".join([
         "# rollout", "", f"- model: `{policy.info.get('name') or params.model.name_or_path}`",

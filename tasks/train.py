@@ -93,7 +93,8 @@ def train_task(params: Params, variant: str) -> dict:
         writer.writerows(result.steps)
     shutil.rmtree(run_dir.parent, ignore_errors=True)  # checkpoints are only for resuming an interrupted run
 
-    record_assets([paths["model"], paths["steps"]], [params.paths.prompts_train, *inputs.values(), policy.info.get("path") or params.model.name_or_path], f"train-{variant}")
+    base_model = policy.info.get("path") or params.model.name_or_path
+    record_assets([paths["model"], paths["steps"]], [*inputs.values(), base_model], f"train-{variant}")
     first, last = result.steps[0], result.steps[-1]
     final = {"variant": variant, "steps": len(result.steps), "reward_start": first["reward_mean"],
              "reward_end": last["reward_mean"], "entropy_start": first["entropy_mean"],

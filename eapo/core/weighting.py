@@ -195,14 +195,12 @@ class TopEntropy(Weighting):
         return (entropy >= tau).to(entropy.dtype)
 
 
-@register_weighting("drop_quadrant")
-class DropQuadrant(Weighting):
-    """Ablation: w = 0 on the tokens of one quadrant, 1 elsewhere (tokens with A = 0 keep 1; their Â is 0 anyway).
-
-    ``rho`` only matters when the caller passes tau=None (then τ is the batch (1−ρ) quantile).
-    """
+class _QuadrantMask(Weighting):
+    """w = 1[token in quadrant] (keep) or 1 − that (drop). ``rho`` only matters when the caller passes tau=None (then
+    τ is the batch (1−ρ) quantile)."""
 
     needs_tau = True
+    keep: bool
 
     def __init__(self, quadrant: str, rho: float = 0.2) -> None:
         self.quadrant = _check_quadrant(quadrant)
@@ -213,30 +211,22 @@ class DropQuadrant(Weighting):
         return {"quadrant": self.quadrant, "rho": self.rho}
 
     def _weights(self, entropy, advantage, seq_ids, mask, tau):
-        codes = assign_quadrants(entropy, advantage, tau, mask)
-        return (codes != QUADRANT_CODES[self.quadrant]).to(entropy.dtype)
+        inside = assign_quadrants(entropy, advantage, tau, mask) == QUADRANT_CODES[self.quadrant]
+        return (inside if self.keep else ~inside).to(entropy.dtype)
+
+
+@register_weighting("drop_quadrant")
+class DropQuadrant(_QuadrantMask):
+    """Ablation: w = 0 on the tokens of one quadrant, 1 elsewhere (tokens with A = 0 keep 1; their Â is 0 anyway)."""
+
+    keep = False
 
 
 @register_weighting("keep_quadrant")
-class KeepQuadrant(Weighting):
-    """Ablation: w = 1 only on the tokens of one quadrant, 0 elsewhere.
+class KeepQuadrant(_QuadrantMask):
+    """Ablation: w = 1 only on the tokens of one quadrant, 0 elsewhere."""
 
-    ``rho`` only matters when the caller passes tau=None (then τ is the batch (1−ρ) quantile).
-    """
-
-    needs_tau = True
-
-    def __init__(self, quadrant: str, rho: float = 0.2) -> None:
-        self.quadrant = _check_quadrant(quadrant)
-        self.rho = _check_real("rho", rho, 0.0, 1.0, lo_open=True)
-
-    @property
-    def params(self):
-        return {"quadrant": self.quadrant, "rho": self.rho}
-
-    def _weights(self, entropy, advantage, seq_ids, mask, tau):
-        codes = assign_quadrants(entropy, advantage, tau, mask)
-        return (codes == QUADRANT_CODES[self.quadrant]).to(entropy.dtype)
+    keep = True
 
 
 @register_weighting("eapo")
