@@ -60,7 +60,7 @@ def _label(node: dict[str, Any], name: str | None = None) -> str:
     stale = "  [red]STALE: changed since it was consumed[/red]" if node.get("stale") else ""
     lines = [
         head + stale,
-        f"stage={lin['stage']} artifact={lin.get('artifact')} v{lin.get('schema_version')} seed={lin.get('seed')}",
+        f"stage={lin['stage']} artifact={_kind(node['path'], lin)} seed={lin.get('seed')}",
         f"params_hash={lin['params_hash']} params={', '.join(lin['params'])}",
         f"code={commit} created={lin['created_at']} data_sha256={(lin.get('data_sha256') or '')[:16]}",
     ]
@@ -68,6 +68,12 @@ def _label(node: dict[str, Any], name: str | None = None) -> str:
     if extra:
         lines.append("extra: " + ", ".join(f"{k}={_short(v)}" for k, v in extra.items()))
     return "\n".join(lines)
+
+
+def _kind(path: str, lin: dict[str, Any]) -> str:
+    if lin.get("artifact"):
+        return f"{lin['artifact']} v{lin.get('schema_version')}"
+    return "directory" if Path(path).is_dir() else (Path(path).suffix.lstrip(".") or "file")
 
 
 def _short(value: Any) -> str:
