@@ -18,6 +18,7 @@ with ``quadrants.entropy_threshold``; if the caller passes ``tau=None`` they com
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from collections.abc import Callable
@@ -115,7 +116,7 @@ def per_sequence_mean(values: Tensor, seq_ids: Tensor, mask: Tensor) -> Tensor:
     return mean[idx].reshape(values.shape)
 
 
-class Weighting:
+class Weighting(abc.ABC):
     """Base class. Subclasses implement ``_weights``; ``__call__`` checks shapes and zeroes masked tokens.
 
     Call: ``w(entropy[N], advantage[N], seq_ids[N] long, mask[N] bool, tau: float | None) -> w[N]`` (float dtype of
@@ -158,10 +159,11 @@ class Weighting:
         w = self._weights(h, adv, seq_ids, m, tau)
         return torch.where(m, w, torch.zeros_like(w))
 
+    @abc.abstractmethod
     def _weights(
         self, entropy: Tensor, advantage: Tensor, seq_ids: Tensor, mask: Tensor, tau: float | None
     ) -> Tensor:
-        raise NotImplementedError
+        """The weights of every token (masking is applied by ``__call__``); each registered weighting defines it."""
 
 
 @register_weighting("none")
