@@ -194,6 +194,28 @@ def _load_gguf_dequantized(gguf: Path):
     return model, tokenizer
 
 
+def _publish_once(target: Path, marker: str, build) -> None:
+    """Build a cache directory in a temp dir and rename it into place, unless ``target/marker`` already exists.
+
+    A killed build leaves nothing half-written; when two processes race, the first rename wins and the other's work
+    is dropped (both built the same thing)."""
+    if (target / marker).is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / marker).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def convert_gguf(gguf: Path, cache_dir: Path, name: str | None = None) -> tuple[Path, str]:
     """Convert ``gguf`` into an fp32 safetensors HF directory under ``cache_dir`` unless already there.
 
@@ -205,27 +227,16 @@ def convert_gguf(gguf: Path, cache_dir: Path, name: str | None = None) -> tuple[
     name = name or gguf.stem.lower()
     sha = file_sha256(gguf, cache_dir / f"{name}.gguf.sha256.json")
     target = cache_dir / f"{name}-{sha[:12]}"
-    if (target / "config.json").is_file():
-        return target, sha
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.tmp-"))
-    try:
+
+    def build(tmp: Path) -> None:
         model, tokenizer = _load_gguf_dequantized(gguf)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "eapo_source.json").write_text(
             json.dumps({"source": str(gguf), "gguf_sha256": sha, "size": gguf.stat().st_size}, indent=1)
         )
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first: keep theirs.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    _publish_once(target, "config.json", build)
     return target, sha
 
 
@@ -240,20 +251,8 @@ def smollm2_tokenizer(cache_dir: Path):
     if (converted / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(converted), sha
     tok_dir = cache_dir / f"smollm2-tokenizer-{sha[:12]}"
-    if not (tok_dir / "tokenizer_config.json").is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{tok_dir.name}.tmp-"))
-        try:
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
-            os.chmod(tmp, 0o755)
-            try:
-                os.rename(tmp, tok_dir)
-            except OSError:
-                if not (tok_dir / "tokenizer_config.json").is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    _publish_once(tok_dir, "tokenizer_config.json",
+                  lambda tmp: AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp))
     return AutoTokenizer.from_pretrained(tok_dir), sha
 
 
