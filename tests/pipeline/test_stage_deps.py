@@ -1,0 +1,62 @@
+"""Each dvc.yaml stage lists, as deps, every project module its command imports (issue 11, item 1): a stage whose code
+changed must not be reported up to date."""
+
+import re
+
+import pytest
+import yaml
+
+from eapo.codedeps import code_hash, import_closure
+from tests.conftest import ROOT
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def missing_deps(stage: dict, root=ROOT) -> tuple[str, list[str]]:
+    """(the flow module, the files of its import closure no dep covers)."""
+    m = re.match(r"python -m (flows\.\w+)", stage["cmd"])
+    assert m, stage["cmd"]
+    entry = m.group(1).replace(".", "/") + ".py"
+    deps = [d for d in stage.get("deps", []) if "${" not in d]
+    uncovered = [str(f) for f in import_closure(entry, root)
+                 if not any(str(f) == d or str(f).startswith(d.rstrip("/") + "/") for d in deps)]
+    return entry, uncovered
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_cover_the_code_it_imports(name):
+    entry, uncovered = missing_deps(STAGES[name])
+    assert not uncovered, f"dvc.yaml stage {name!r} ({entry}) imports but does not list as deps: {uncovered}"
+
+
+def test_closure_follows_imports_inside_functions_and_packages(tmp_path):
+    """The checker itself: a lazy import inside a function and a package's __init__ count; other packages do not."""
+    for rel, text in {
+        "flows/__init__.py": "",
+        "flows/x.py": "import os\nfrom eapo.sub import thing\n\ndef f():\n    from eapo import lazy\n",
+        "eapo/__init__.py": "",
+        "eapo/sub/__init__.py": "from eapo.sub.deep import thing\n",
+        "eapo/sub/deep.py": "thing = 1\n",
+        "eapo/lazy.py": "from . import leaf\n",
+        "eapo/leaf.py": "",
+        "eapo/unused.py": "",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    got = {str(p) for p in import_closure("flows/x.py", tmp_path)}
+    assert got == {"flows/__init__.py", "flows/x.py", "eapo/__init__.py", "eapo/sub/__init__.py", "eapo/sub/deep.py",
+                   "eapo/lazy.py", "eapo/leaf.py"}
+    stage = {"cmd": "python -m flows.x", "deps": ["flows/x.py", "eapo/sub"]}
+    assert missing_deps(stage, tmp_path)[1] == ["eapo/__init__.py", "eapo/lazy.py", "eapo/leaf.py", "flows/__init__.py"]
+
+
+def test_code_hash_ignores_comments_but_not_code(tmp_path):
+    for rel, text in {"flows/__init__.py": "", "flows/s.py": "import eapo.m\n", "eapo/__init__.py": "",
+                      "eapo/m.py": "x = 1\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    first = code_hash("s", tmp_path)
+    (tmp_path / "eapo/m.py").write_text("# a comment\nx = 1  # another\n")
+    assert code_hash("s", tmp_path) == first
+    (tmp_path / "eapo/m.py").write_text("x = 2\n")
+    assert code_hash("s", tmp_path)["sha256"] != first["sha256"]
