@@ -18,13 +18,10 @@ half-written directory that a resume would trust. ``latest`` only ever returns d
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-__all__ = ["CheckpointState", "latest", "load", "prune", "save", "step_dir"]
+from eapo.stageio import atomic_dir
+
+__all__ = ["CheckpointState", "atomic_dir", "latest", "load", "prune", "save", "step_dir"]
 
 _NAME = re.compile(r"^step-(\d{5,})$")
 
@@ -73,25 +72,6 @@ def _set_rng_state(json_part: dict, tensor_part: dict) -> None:
     torch.set_rng_state(tensor_part["torch_cpu"])
     if "cuda" in tensor_part and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(tensor_part["cuda"])
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp directory next to ``final``; on success it replaces ``final`` by a rename (an existing one is moved
-    aside first, then dropped), on failure it is removed. A killed writer never leaves a half-written ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save(root: Path, step: int, *, model, optimizer, scheduler, steps: list[dict], config: dict) -> Path:

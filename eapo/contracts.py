@@ -1,8 +1,10 @@
 """Artifact contracts: one Arrow schema and one Great Expectations suite per Parquet artifact.
 
 `write_artifact` casts to the schema, writes a temp file next to the target, validates what is on disk, then renames
-it into place; a failed validation leaves no file behind and raises `ContractError` naming the expectation, the column and
-example rows. `read_artifact` validates too. Lineage rides in the Parquet footer (see `eapo.lineage`).
+it into place; a failed validation leaves no file behind and raises `ContractError` naming the expectation, the column
+and example rows. `read_artifact` validates too, and checks the data against the hash in its lineage: a file whose data
+was changed but whose footer was kept fails, naming the file and both hashes. Lineage rides in the Parquet footer (see
+`eapo.lineage`).
 
 GX handles list columns badly (DESIGN §8), so validation runs on a *scalar view* of the table: the scalar columns plus
 derived columns such as list lengths. "token ids and log-probs have equal length" is then one pair expectation on two
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eapo.lineage import LINEAGE_KEY, Lineage, read_lineage
+from eapo.lineage import LINEAGE_KEY, Lineage, note_read, read_lineage
+from eapo.stageio import atomic_file
 
 log = logging.getLogger("eapo.contracts")
 
@@ -432,9 +433,20 @@ def _schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[tuple[str, 
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _canonical_type(t: pa.DataType) -> pa.DataType:
+    """The type with every list's child field named `item` and nullable: Parquet round trips rename it `element`."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return pa.list_(pa.field("item", _canonical_type(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _canonical_type(f.type)) for f in t])
+    return t
+
+
 def data_sha256(table: pa.Table) -> str:
-    """Hash of the data alone (Arrow IPC stream of the schema without metadata), stable across runs."""
-    table = table.replace_schema_metadata(None)
+    """The canonical hash of the data alone: the Arrow IPC stream of the table in one chunk, without schema metadata,
+    with list fields named `item` and every field nullable. Equal for a table and the table read back from Parquet."""
+    schema = pa.schema([pa.field(f.name, _canonical_type(f.type)) for f in table.schema])
+    table = table.replace_schema_metadata(None).cast(schema).combine_chunks()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks())
@@ -472,31 +484,34 @@ def write_artifact(data: pd.DataFrame | pa.Table | list[dict], path: str | Path,
     lin = Lineage(**{**asdict(lineage), "artifact": spec.name, "schema_version": spec.version,
                      "data_sha256": data_sha256(table)})
     table = table.replace_schema_metadata({LINEAGE_KEY: lin.to_json().encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
         on_disk = pq.read_table(tmp)
         report = validate_table(on_disk, spec, lin)
         if not report.success:
             raise ContractError(report.render(path))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an artifact is as readable as any file
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if data_sha256(on_disk) != lin.data_sha256:
+            raise ContractError(f"{path}: the data read back differs from the data written (hash "
+                                f"{data_sha256(on_disk)} != {lin.data_sha256})")
     return lin
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def check_hash(path: str | Path, table: pa.Table, lineage: Lineage | None) -> str:
+    """The table's canonical data hash; a ContractError naming the file and both hashes when it differs from the hash
+    its lineage recorded (the data was changed after it was written)."""
+    actual = data_sha256(table)
+    if lineage is not None and lineage.data_sha256 and actual != lineage.data_sha256:
+        raise ContractError(f"{path}: data differs from the hash in its lineage: the data hashes to {actual}, the "
+                            f"lineage records {lineage.data_sha256} (changed after it was written? rerun the stage "
+                            f"that writes it: `dvc repro -f`)")
+    return actual
 
 
-def read_artifact(path: str | Path, contract: str | None = None, validate: bool = True) -> tuple[pa.Table, Lineage]:
-    """Read a Parquet artifact and its lineage; validate it against its contract (taken from the footer)."""
+def read_artifact(path: str | Path, contract: str | None = None, validate: bool = True,
+                  verify_hash: bool = True) -> tuple[pa.Table, Lineage]:
+    """Read a Parquet artifact and its lineage; check its data against the hash in the lineage and validate it against
+    its contract (taken from the footer). The verified hash is noted, so the lineage of what the stage writes records
+    the hash of the data it actually read."""
     path = Path(path)
     if not path.is_file():
         raise ContractError(f"{path}: no such artifact (run the stage that writes it: `dvc repro`)")
@@ -512,10 +527,12 @@ def read_artifact(path: str | Path, contract: str | None = None, validate: bool 
         raise ContractError(f"{path}: unknown contract {name!r} (known: {', '.join(CONTRACTS)})")
     if contract and lineage and lineage.artifact and lineage.artifact != contract:
         raise ContractError(f"{path}: is a '{lineage.artifact}' artifact, expected '{contract}'")
+    actual = check_hash(path, table, lineage) if verify_hash else data_sha256(table)
     if validate:
         report = validate_table(table, CONTRACTS[name], lineage)
         if not report.success:
             raise ContractError(report.render(path))
+    note_read(path, actual, name)
     return table, lineage
 
 
@@ -523,13 +540,15 @@ def validate_file(path: str | Path) -> ValidationReport:
     """For `eapo validate`: a report rather than an exception."""
     path = Path(path)
     try:
-        table, lineage = read_artifact(path, validate=False)
+        table, lineage = read_artifact(path, validate=False, verify_hash=False)
     except ContractError as exc:
         return ValidationReport("?", False, [{"expectation": "readable", "columns": [], "unexpected_count": None,
                                               "example_rows": [], "example_values": [str(exc)]}])
     report = validate_table(table, CONTRACTS[lineage.artifact], lineage)
-    if lineage.data_sha256 and report.success and data_sha256(table) != lineage.data_sha256:
+    try:
+        check_hash(path, table, lineage)
+    except ContractError as exc:
         report.success = False
         report.failures.append({"expectation": "data hash", "columns": [], "unexpected_count": None,
-                                "example_rows": [], "example_values": ["data differs from the hash in its lineage"]})
+                                "example_rows": [], "example_values": [str(exc)]})
     return report

@@ -1,26 +1,29 @@
 """Lineage: where an artifact came from.
 
 A Parquet artifact carries its lineage in the file footer (key-value metadata, key `eapo.lineage`). Anything else (a
-JSON metric, a report, a checkpoint directory) carries it in a sidecar: `<file>.lineage.json`, or `lineage.json` inside a
-directory. The record names the stage, the contract and schema version, the params subset the stage read and its hash,
-the inputs with their content hashes, the code version, library versions, the seed and the creation time.
+JSON metric, a report, a checkpoint directory) carries it in a sidecar: `<file>.lineage.json`, or `lineage.json` inside
+a directory. The record names the stage, the contract and schema version, the params subset the stage read and its hash,
+the inputs with the content hashes that were read, the code (a content hash of the stage's import closure,
+`eapo.codedeps`), library versions and the seed. It holds nothing that changes between two runs with the same data,
+params, inputs and code (no creation time, no git commit: those go to the stage's run record, `eapo.stageio`), so
+such runs write identical bytes and DVC sees nothing new downstream.
 
-Content hashes are of the *data* (`data_sha256`), not of the file bytes, so that two runs with the same params and seed
-give the same hash even though their `created_at` differ.
+Content hashes are of the *data* (`data_sha256`, see `eapo.contracts.data_sha256`), not of the file bytes.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
-import subprocess
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from eapo.codedeps import code_hash
 from eapo.config import params_hash
+from eapo.stageio import write_text_atomic
 
 LINEAGE_KEY = b"eapo.lineage"
 _LIBRARIES = ("eapo", "torch", "transformers", "accelerate", "prefect", "dvc", "great_expectations", "pyarrow",
@@ -41,20 +44,25 @@ class Lineage:
     data_sha256: str | None = None
     params_hash: str = ""
     code: dict[str, Any] = field(default_factory=dict)
+    """{sha256, files}: content hash of the project code the stage imports (`eapo.codedeps.code_hash`)."""
     libraries: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    """Empty in artifacts this version writes (the run record `.eapo-run-<stage>.json` holds the time); kept so
+    older artifacts still read."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Lineage:
-        return cls(**json.loads(text))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 def make_lineage(stage: str, params: dict[str, Any], inputs: dict[str, str | Path] | None = None, *,
-                 seed: int | None = None, extra: dict[str, Any] | None = None, root: str | Path = ".") -> Lineage:
-    """Record a stage's provenance. `inputs` maps a name to an artifact path; each is hashed via its own lineage."""
+                 seed: int | None = None, extra: dict[str, Any] | None = None) -> Lineage:
+    """Record a stage's provenance. `inputs` maps a name to an artifact path: the hash recorded is the one verified
+    when this process read it (`read_artifact`), else the one in its own lineage, else the file's content hash."""
     return Lineage(
         stage=stage,
         params=params,
@@ -62,33 +70,29 @@ def make_lineage(stage: str, params: dict[str, Any], inputs: dict[str, str | Pat
         inputs={name: input_record(path) for name, path in (inputs or {}).items()},
         seed=seed,
         extra=extra or {},
-        code=git_info(root),
+        code=code_hash(stage),
         libraries=library_versions(),
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+_READS: dict[str, dict[str, Any]] = {}
+
+
+def note_read(path: str | Path, data_sha256: str, artifact: str | None) -> None:
+    """Remember the verified data hash of an artifact this process read (called by `read_artifact`)."""
+    _READS[os.path.abspath(path)] = {"data_sha256": data_sha256, "artifact": artifact}
 
 
 def input_record(path: str | Path) -> dict[str, Any]:
     """What a consumer records about one input: its path, its data hash and its contract."""
     path = Path(path)
+    seen = _READS.get(os.path.abspath(path))
+    if seen is not None:
+        return {"path": str(path), **seen}
     lin = read_lineage(path)
     if lin is not None and lin.data_sha256:
         return {"path": str(path), "data_sha256": lin.data_sha256, "artifact": lin.artifact}
     return {"path": str(path), "data_sha256": file_sha256(path), "artifact": None}
-
-
-def git_info(root: str | Path = ".") -> dict[str, Any]:
-    """The code version: commit and whether tracked code differs from it (DVC outputs under data/ are ignored)."""
-    def run(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
-    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
 def library_versions() -> dict[str, str]:
@@ -125,9 +129,7 @@ def write_sidecar(path: str | Path, lineage: Lineage) -> None:
     side = sidecar_path(path)
     data_hash = file_sha256(path) if not path.is_dir() else _dir_hash_without_sidecar(path)
     lin = Lineage(**{**asdict(lineage), "data_sha256": data_hash})
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(json.loads(lin.to_json()), indent=2, sort_keys=True))
-    tmp.replace(side)
+    write_text_atomic(side, json.dumps(json.loads(lin.to_json()), indent=2, sort_keys=True))
 
 
 def _dir_hash_without_sidecar(path: Path) -> str:
@@ -193,7 +195,5 @@ def write_json_artifact(path: str | Path, obj: Any, lineage: Lineage) -> None:
     """A JSON artifact (a DVC metric, stats) written atomically, with its lineage in a sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
     write_sidecar(path, lineage)

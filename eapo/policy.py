@@ -24,15 +24,15 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from eapo.stageio import atomic_dir, write_text_atomic
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 TINY_POLICY = "tiny-random-llama"
@@ -104,15 +104,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared
-    os.replace(tmp, path)
-
-
 def file_sha256(path: Path, cache_file: Path | None = None) -> str:
     """sha256 of a file's content, memoised in ``cache_file`` (keyed by path, size and mtime) so it is computed once."""
     path = Path(path).resolve()
@@ -131,7 +122,7 @@ def file_sha256(path: Path, cache_file: Path | None = None) -> str:
             h.update(chunk)
     digest = h.hexdigest()
     if cache_file is not None:
-        _atomic_write_text(cache_file, json.dumps({**key, "sha256": digest}, indent=1))
+        write_text_atomic(cache_file, json.dumps({**key, "sha256": digest}, indent=1))
     return digest
 
 
@@ -201,19 +192,8 @@ def _publish_once(target: Path, marker: str, build) -> None:
     is dropped (both built the same thing)."""
     if (target / marker).is_file():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    with atomic_dir(target, first_wins=True) as tmp:
         build(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / marker).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert_gguf(gguf: Path, cache_dir: Path, name: str | None = None) -> tuple[Path, str]:

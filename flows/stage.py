@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from eapo.config import ConfigError, Params, load_params
+from eapo.stageio import StageLocked
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -61,7 +62,11 @@ def run_stage(flow: Callable[..., Any], argv: list[str] | None = None,
 
         ctx = tags(f"pipeline-run:{parent}")
     with ctx:
-        return flow(params_path=args.params, overrides=overrides, **stage_args)
+        try:
+            return flow(params_path=args.params, overrides=overrides, **stage_args)
+        except StageLocked as exc:  # another run of this stage is writing the same outputs: say who, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from exc
 
 
 def apply_threads(params: Params) -> None:

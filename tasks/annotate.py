@@ -16,6 +16,7 @@ from eapo.config import Params
 from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_json_artifact
 from eapo.reward import RewardScorer
+from eapo.stageio import StageOutputs
 from tasks.publish import markdown_table, publish_links, publish_markdown, publish_table, record_assets
 from tasks.rollout import load_base_policy
 
@@ -33,6 +34,24 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 @task(name="annotate", cache_policy=NO_CACHE)
 def annotate_task(params: Params) -> dict:
+    p = params.paths
+    with StageOutputs("annotate", [p.tokens, p.cmi, p.quadrant_stats, p.annotate_plots]) as staged:
+        summary, quadrant_table, tau, bound_share, n_cmi, n_tokens = _annotate(params, staged)
+    cfg = params.annotate
+    out = Path(p.annotate_plots)
+    record_assets([p.tokens, p.cmi, p.quadrant_stats], [p.rollouts], "annotate")
+    publish_table("annotate-quadrants", quadrant_table, f"Four Quadrant Decomposition (tau = {tau:.3f} nats)")
+    publish_markdown("annotate-summary", "\n".join([
+        "# annotate", "", f"- τ = {tau:.4f} nats (top {cfg.rho:.0%} of {n_tokens} response tokens)",
+        f"- CMI probe: {n_cmi} positions; CMI ≤ H within the interval at **{bound_share:.0%}**",
+        f"- mean CMI, high-entropy positions: {summary['cmi']['mean_cmi_high']}; "
+        f"low: {summary['cmi']['mean_cmi_low']}", "", markdown_table(quadrant_table)]), "Annotate stage summary")
+    publish_links("annotate-plot", [out / f for f in PLOT_FILES if f.endswith(".png")], "Annotate plots")
+    return summary
+
+
+def _annotate(params: Params, staged: StageOutputs):
+    """Compute and write every annotate output into the staging area; the caller commits them together."""
     cfg = params.annotate
     table, _ = read_artifact(params.paths.rollouts, "rollouts")
     cols = table.to_pydict()
@@ -58,7 +77,7 @@ def annotate_task(params: Params) -> dict:
         "position": flat.position, "token_id": flat.token_id, "token_text": token_text, "entropy": flat.entropy,
         "logprob": flat.logprob, "advantage": flat.advantage, "reward": flat.reward, "quadrant": labels,
         "grad_norm": grad,
-    }), params.paths.tokens, "tokens", lineage)
+    }), staged.path(params.paths.tokens), "tokens", lineage)
 
     cmi_rows = [{
         "prompt_id": pid[flat.seq[p.token_index]], "sample_idx": sidx[flat.seq[p.token_index]],
@@ -66,7 +85,7 @@ def annotate_task(params: Params) -> dict:
         "cmi": p.cmi, "cmi_lo": p.lo, "cmi_hi": p.hi, "p_mean": p.p_mean, "k": cfg.cmi.k, "m": cfg.cmi.m,
         "bound_holds": bool(p.lo <= p.entropy + 1e-6),
     } for p in probes]
-    write_artifact(cmi_rows, params.paths.cmi, "cmi", lineage)
+    write_artifact(cmi_rows, staged.path(params.paths.cmi), "cmi", lineage)
 
     bound_share = float(np.mean([r["bound_holds"] for r in cmi_rows])) if cmi_rows else 0.0
     informative = [r for r in cmi_rows if 0 < r["p_mean"] < 1]
@@ -81,9 +100,9 @@ def annotate_task(params: Params) -> dict:
             "corr_cmi_entropy": _corr([r["entropy"] for r in cmi_rows], [r["cmi"] for r in cmi_rows]),
         },
     }
-    write_json_artifact(params.paths.quadrant_stats, summary, lineage)
+    write_json_artifact(staged.path(params.paths.quadrant_stats), summary, lineage)
 
-    out = Path(params.paths.annotate_plots)
+    out = staged.path(params.paths.annotate_plots)
     out.mkdir(parents=True, exist_ok=True)
     plots.entropy_histogram(flat.entropy, tau, out / "entropy_hist.png")
     plots.quadrant_shares(stats, out / "quadrant_shares.png")
@@ -95,17 +114,7 @@ def annotate_task(params: Params) -> dict:
     _write_csv(out / "quadrant_shares.csv", quadrant_table)
     _write_csv(out / "cmi_points.csv", [{k: r[k] for k in ("entropy", "cmi", "cmi_lo", "cmi_hi")} for r in cmi_rows]
                or [{"entropy": 0.0, "cmi": 0.0, "cmi_lo": 0.0, "cmi_hi": 0.0}])
-
-    record_assets([params.paths.tokens, params.paths.cmi, params.paths.quadrant_stats], [params.paths.rollouts],
-                  "annotate")
-    publish_table("annotate-quadrants", quadrant_table, f"Four Quadrant Decomposition (tau = {tau:.3f} nats)")
-    publish_markdown("annotate-summary", "\n".join([
-        "# annotate", "", f"- τ = {tau:.4f} nats (top {cfg.rho:.0%} of {len(labels)} response tokens)",
-        f"- CMI probe: {len(cmi_rows)} positions; CMI ≤ H within the interval at **{bound_share:.0%}**",
-        f"- mean CMI, high-entropy positions: {summary['cmi']['mean_cmi_high']}; "
-        f"low: {summary['cmi']['mean_cmi_low']}", "", markdown_table(quadrant_table)]), "Annotate stage summary")
-    publish_links("annotate-plot", [out / f for f in PLOT_FILES if f.endswith(".png")], "Annotate plots")
-    return summary
+    return summary, quadrant_table, tau, bound_share, len(cmi_rows), len(labels)
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -21,6 +21,7 @@ from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score
+from eapo.stageio import StageOutputs
 from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 from tasks.rollout import first_prompts, load_base_policy
 
@@ -80,8 +81,17 @@ def datasets(params: Params) -> dict[str, list[dict]]:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(params: Params, name: str) -> dict:
-    cfg = params.evaluate
     ckpt = check_name(params, name)  # fail before loading anything
+    out_samples = samples_path(params, name)
+    # The samples and the metrics are replaced together, or neither is; a second run for this model fails at once.
+    with StageOutputs(f"evaluate@{name}", [out_samples, metrics_path(params, name)]) as staged:
+        metrics, lineage, inputs, identity, policy = _evaluate(params, name, ckpt, staged)
+    return _publish(params, name, ckpt, metrics, inputs, identity, policy)
+
+
+def _evaluate(params: Params, name: str, ckpt: Path | None, staged: StageOutputs):
+    """Sample, score and write the samples and metrics into the staging area; the caller commits them together."""
+    cfg = params.evaluate
     sets = datasets(params)
     policy = load_model(params, name)
     rows: list[dict] = []
@@ -103,12 +113,16 @@ def evaluate_task(params: Params, name: str) -> dict:
     identity = {"name": name, "checkpoint": str(ckpt) if ckpt else None, **policy.info}
     lineage = make_lineage("evaluate", params.subset(*PARAMS_KEYS), inputs=inputs, seed=cfg.seed,
                            extra={"model": identity, "model_name": name})
-    out_samples = samples_path(params, name)
-    write_artifact(rows, out_samples, "samples", lineage)
+    write_artifact(rows, staged.path(samples_path(params, name)), "samples", lineage)
+    metrics = compute_metrics(pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)))
+    write_json_artifact(staged.path(metrics_path(params, name)), metrics, lineage)
+    return metrics, lineage, inputs, identity, policy
 
-    frame = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
-    metrics = compute_metrics(frame)
-    write_json_artifact(metrics_path(params, name), metrics, lineage)
+
+def _publish(params: Params, name: str, ckpt: Path | None, metrics: dict, inputs: dict, identity: dict,
+             policy) -> dict:
+    cfg = params.evaluate
+    out_samples = samples_path(params, name)
 
     base_model = [] if ckpt else [policy.info.get("path") or params.model.name_or_path]
     record_assets([out_samples, metrics_path(params, name)], [*inputs.values(), *base_model], f"evaluate-{name}")

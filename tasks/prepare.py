@@ -20,6 +20,7 @@ from eapo.data import (
     split_train_test,
 )
 from eapo.lineage import make_lineage, write_json_artifact
+from eapo.stageio import StageOutputs
 from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 
 PARAMS_KEYS = ("prepare",)
@@ -52,19 +53,21 @@ def build_splits(params: Params) -> tuple[list[PromptRecord], list[PromptRecord]
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(params: Params) -> dict:
-    train, test, info = build_splits(params)
-    lineage = make_lineage("prepare", params.subset(*PARAMS_KEYS), seed=params.prepare.seed,
-                           extra={"sources": [s.path for s in params.prepare.sources]})
-    out = {}
-    for split, records, path in (("train", train, params.paths.prompts_train),
-                                 ("test", test, params.paths.prompts_test)):
-        rows = [{**asdict(r), "split": split} for r in records]
-        write_artifact(rows, path, "prompts", lineage)
-        out[split] = path
-    counts = Counter((r.source, split) for split, rs in (("train", train), ("test", test)) for r in rs)
-    table = [{"source": s, "split": sp, "prompts": n} for (s, sp), n in sorted(counts.items())]
-    summary = {"train": len(train), "test": len(test), **info, "per_source": table}
-    write_json_artifact(params.paths.prepare_summary, summary, lineage)
+    p = params.paths
+    # All three outputs are replaced together, or (on any error) none is; a second prepare run fails at once.
+    with StageOutputs("prepare", [p.prompts_train, p.prompts_test, p.prepare_summary]) as staged:
+        train, test, info = build_splits(params)
+        lineage = make_lineage("prepare", params.subset(*PARAMS_KEYS), seed=params.prepare.seed,
+                               extra={"sources": [s.path for s in params.prepare.sources]})
+        out = {}
+        for split, records, path in (("train", train, p.prompts_train), ("test", test, p.prompts_test)):
+            rows = [{**asdict(r), "split": split} for r in records]
+            write_artifact(rows, staged.path(path), "prompts", lineage)
+            out[split] = path
+        counts = Counter((r.source, split) for split, rs in (("train", train), ("test", test)) for r in rs)
+        table = [{"source": s, "split": sp, "prompts": n} for (s, sp), n in sorted(counts.items())]
+        summary = {"train": len(train), "test": len(test), **info, "per_source": table}
+        write_json_artifact(staged.path(p.prepare_summary), summary, lineage)
     record_assets([params.paths.prompts_train, params.paths.prompts_test], [s.path for s in params.prepare.sources],
                   "prepare")
     publish_table("prepare-counts", table, "Prompts per source and split")

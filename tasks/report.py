@@ -16,6 +16,7 @@ from eapo.config import Params
 from eapo.contracts import read_artifact
 from eapo.lineage import make_lineage, read_lineage, write_json_artifact, write_sidecar
 from eapo.report import Boot, ReportInputs, build_report
+from eapo.stageio import StageOutputs, atomic_file
 from tasks.evaluate import BASE, metrics_path, samples_path
 from tasks.publish import publish_links, publish_markdown, publish_table, record_assets
 
@@ -72,19 +73,33 @@ def write_csv(path: Path, rows) -> None:
     import pandas as pd
 
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(params: Params) -> dict:
     cfg = params.report
-    inputs, paths = load_inputs(params)
-    rep = build_report(inputs, boot=Boot(cfg.bootstrap, cfg.ci, cfg.seed), reward_threshold=cfg.reward_threshold)
+    final = Path(params.paths.report_dir)
+    files = [final / f for f in ("report.md", *DATA_FILES, *PNG_FILES)]
+    # Every report file is replaced together, or none is; a second report run fails at once.
+    with StageOutputs("report", files) as staged:
+        inputs, paths = load_inputs(params)
+        rep = build_report(inputs, boot=Boot(cfg.bootstrap, cfg.ci, cfg.seed), reward_threshold=cfg.reward_threshold)
+        out = staged.path(final / "report.md").parent
+        _write_outputs(params, rep, paths, out)
+    md_path = final / "report.md"
+    acc = rep.accuracy
+    record_assets([md_path, final / "summary.json"], [p for k, p in paths.items()], "report")
+    publish_markdown("report", rep.markdown, "EAPO study report: Four Quadrant ablation table and more")
+    publish_table("report-accuracy", acc, "Test avg@k per model with bootstrap intervals")
+    publish_links("report-plot", [final / f for f in PNG_FILES], "Report plots")
+    return {"report": str(md_path), "summary": rep.summary}
 
-    out = Path(params.paths.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _write_outputs(params: Params, rep, paths: dict[str, Path], out: Path) -> None:
+    """Plots, CSV/JSON data files and report.md into `out` (the staging folder of the report directory)."""
+    cfg = params.report
     series = {v: (d["step"].tolist(), d["reward_mean"].tolist()) for v, d in rep.curves.groupby("variant", sort=False)}
     plots.curves(series, "training reward (mean)", out / "reward_curves.png", "Training reward per variant")
     series = {v: (d["step"].tolist(), d["entropy_mean"].tolist()) for v, d in rep.curves.groupby("variant", sort=False)}
@@ -103,13 +118,6 @@ def report_task(params: Params) -> dict:
                            seed=cfg.seed)
     write_json_artifact(out / "summary.json", rep.summary, lineage)
     md_path = out / "report.md"
-    tmp = md_path.with_name(".report.md.tmp")
-    tmp.write_text(rep.markdown + "\n")
-    tmp.replace(md_path)
+    with atomic_file(md_path) as tmp:
+        tmp.write_text(rep.markdown + "\n")
     write_sidecar(md_path, lineage)
-
-    record_assets([md_path, out / "summary.json"], [p for k, p in paths.items()], "report")
-    publish_markdown("report", rep.markdown, "EAPO study report: Four Quadrant ablation table and more")
-    publish_table("report-accuracy", acc, "Test avg@k per model with bootstrap intervals")
-    publish_links("report-plot", [out / f for f in PNG_FILES], "Report plots")
-    return {"report": str(md_path), "summary": rep.summary}

@@ -12,6 +12,7 @@ from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score, summarize
+from eapo.stageio import StageOutputs
 from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 
 PARAMS_KEYS = ("model", "rollout", "reward")
@@ -48,18 +49,21 @@ def rollout_rows(scored, prompts: list[dict], step: int = 0) -> list[dict]:
 @task(name="rollout", cache_policy=NO_CACHE)
 def rollout_task(params: Params) -> dict:
     cfg = params.rollout
-    prompts = first_prompts(params.paths.prompts_train, cfg.num_prompts)
-    policy = load_base_policy(params)
-    with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
-                      fallback=params.reward.fallback) as scorer:
-        scored, stats = sample_and_score(policy, [p["prompt"] for p in prompts], [p["answer"] for p in prompts],
-                                         cfg, params.model, scorer, n=cfg.group_size, seed=cfg.seed)
-    lineage = make_lineage("rollout", params.subset(*PARAMS_KEYS), inputs={"prompts_train": params.paths.prompts_train},
-                           seed=cfg.seed, extra={"model": policy.info})
-    write_artifact(rollout_rows(scored, prompts), params.paths.rollouts, "rollouts", lineage)
-    metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"],
-               "tokens_per_s": stats["tokens_per_s"], "sampling_seconds": stats["seconds"]}
-    write_json_artifact(params.paths.rollout_metrics, metrics, lineage)
+    with StageOutputs("rollout", [params.paths.rollouts, params.paths.rollout_metrics]) as staged:
+        prompts = first_prompts(params.paths.prompts_train, cfg.num_prompts)
+        policy = load_base_policy(params)
+        with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
+                          fallback=params.reward.fallback) as scorer:
+            scored, stats = sample_and_score(policy, [p["prompt"] for p in prompts],
+                                             [p["answer"] for p in prompts], cfg, params.model, scorer,
+                                             n=cfg.group_size, seed=cfg.seed)
+        lineage = make_lineage("rollout", params.subset(*PARAMS_KEYS),
+                               inputs={"prompts_train": params.paths.prompts_train}, seed=cfg.seed,
+                               extra={"model": policy.info})
+        write_artifact(rollout_rows(scored, prompts), staged.path(params.paths.rollouts), "rollouts", lineage)
+        metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"],
+                   "tokens_per_s": stats["tokens_per_s"], "sampling_seconds": stats["seconds"]}
+        write_json_artifact(staged.path(params.paths.rollout_metrics), metrics, lineage)
     record_assets([params.paths.rollouts],
                   [params.paths.prompts_train, policy.info.get("path") or params.model.name_or_path], "rollout")
     publish_table("rollout-metrics", [metrics], "Rollout accuracy, extraction rate, length and throughput")

@@ -14,6 +14,7 @@ from eapo.config import Params, params_hash
 from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_sidecar
 from eapo.sampler import Sample
+from eapo.stageio import StageOutputs
 from eapo.trainer import step_prompt_indices, train
 from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 from tasks.rollout import first_prompts, load_base_policy
@@ -60,8 +61,17 @@ def train_task(params: Params, variant: str) -> dict:
     if variant not in params.variants:
         raise ValueError(f"unknown variant {variant!r}; defined in params.yaml variants: {sorted(params.variants)}")
     paths = variant_paths(params, variant)
-    keys = params_keys(variant)
-    subset = params.subset(*keys)
+    # The model, the steps table and the curves are replaced together, or none is; a second run of this variant
+    # fails at once naming the holder of the lock.
+    with StageOutputs(f"train@{variant}", [paths["model"], paths["steps"], paths["curves"]]) as staged:
+        result, subset, inputs, policy, initial = _train(params, variant, paths, staged)
+        staged.cleanup.append(paths["root"] / ".runs")  # checkpoints are only for resuming a killed run
+    return _finish(params, variant, paths, result, subset, inputs, policy, initial)
+
+
+def _train(params: Params, variant: str, paths: dict[str, Path], staged: StageOutputs):
+    """Train and write every output into the staging area; the caller commits them together."""
+    subset = params.subset(*params_keys(variant))
     prompts = first_prompts(params.paths.prompts_train, None)
     policy = load_base_policy(params)
     initial = step0_samples(params, prompts)
@@ -77,22 +87,24 @@ def train_task(params: Params, variant: str) -> dict:
     inputs = {"prompts_train": params.paths.prompts_train}
     if initial is not None:
         inputs["rollouts"] = params.paths.rollouts
-    lineage = make_lineage(f"train@{variant}", subset, inputs=inputs,
-                           seed=params.train.seed,
-                           extra={"variant": variant, "base_model": policy.info, "reused_rollouts": initial is not None,
-                                  "resumed_from": result.resumed_from, "seconds": result.seconds})
-    if paths["model"].exists():
-        shutil.rmtree(paths["model"])
-    result.model_dir.replace(paths["model"])
-    write_sidecar(paths["model"], lineage)
-    write_artifact(result.steps, paths["steps"], "steps", lineage)
-    with open(paths["curves"], "w", newline="") as fh:
+    # Only what the data depends on: wall time and whether the run resumed go to the run record, not the artifacts.
+    lineage = make_lineage(f"train@{variant}", subset, inputs=inputs, seed=params.train.seed,
+                           extra={"variant": variant, "base_model": policy.info,
+                                  "reused_rollouts": initial is not None})
+    staged.run_info.update({"resumed_from": result.resumed_from, "seconds": result.seconds})
+    model = staged.path(paths["model"])
+    result.model_dir.replace(model)
+    write_sidecar(model, lineage)
+    write_artifact(result.steps, staged.path(paths["steps"]), "steps", lineage)
+    with open(staged.path(paths["curves"]), "w", newline="") as fh:
         cols = ["step", "reward_mean", "entropy_mean", "response_length", "clip_frac", "grad_norm"]
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(result.steps)
-    shutil.rmtree(run_dir.parent, ignore_errors=True)  # checkpoints are only for resuming an interrupted run
+    return result, subset, inputs, policy, initial
 
+
+def _finish(params: Params, variant: str, paths: dict[str, Path], result, subset, inputs, policy, initial) -> dict:
     base_model = policy.info.get("path") or params.model.name_or_path
     record_assets([paths["model"], paths["steps"]], [*inputs.values(), base_model], f"train-{variant}")
     first, last = result.steps[0], result.steps[-1]
