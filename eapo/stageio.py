@@ -256,7 +256,12 @@ class StageOutputs:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self.commit()
+                try:
+                    self.commit()
+                except BaseException:
+                    if not (self.staging / MANIFEST).is_file():  # not committed: nothing was replaced
+                        shutil.rmtree(self.staging, ignore_errors=True)
+                    raise
                 self._write_record()
                 for p in self.cleanup:
                     _remove(p)
