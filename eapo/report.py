@@ -218,10 +218,12 @@ def lineage_rows(lineages: Mapping[str, Mapping[str, Any] | None]) -> list[dict[
     for name, lin in lineages.items():
         lin = lin or {}
         code = lin.get("code") or {}
-        commit = code.get("git_commit")
+        commit = code.get("git_commit")  # artifacts of older versions; now a content hash of the stage's code
+        label = code["sha256"][:10] if code.get("sha256") else (
+            (commit[:10] if commit else "?") + ("+dirty" if code.get("git_dirty") else ""))
         model = (lin.get("extra") or {}).get("model") or {}
         rows.append({"input": name, "stage": lin.get("stage"), "params_hash": lin.get("params_hash"),
-                     "code": (commit[:10] if commit else "?") + ("+dirty" if code.get("git_dirty") else ""),
+                     "code": label,
                      "data_sha256": (lin.get("data_sha256") or "")[:12] or None,
                      "model": (f"{model.get('kind')}:{str(model.get('sha256'))[:12]}" if model else None),
                      "created_at": lin.get("created_at")})
