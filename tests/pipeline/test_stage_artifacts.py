@@ -49,10 +49,13 @@ def test_eapo_validate_accepts_every_artifact_the_pipeline_writes(tiny):
     params, _, root = tiny
     parquet = sorted(root.rglob("*.parquet"))
     assert len(parquet) == 7  # prompts x2, rollouts, tokens, cmi, steps, samples
-    proc = subprocess.run([sys.executable, "-m", "eapo.cli", "validate", *map(str, parquet)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert proc.stdout.count(": valid '") == len(parquet)
+    from typer.testing import CliRunner
+
+    from eapo.cli import app
+
+    result = CliRunner().invoke(app, ["validate", *map(str, parquet)])  # `eapo validate`, in process
+    assert result.exit_code == 0, result.output[-3000:]
+    assert result.output.count(": valid '") == len(parquet)
     # Each consumer recorded the hash of the data it read, which is the data on disk.
     tokens = read_lineage(params.paths.tokens)
     assert tokens.inputs["rollouts"]["data_sha256"] == data_sha256(pq.read_table(params.paths.rollouts))
