@@ -396,7 +396,7 @@ def grad_share_excess(steps: pd.DataFrame) -> np.ndarray:
     high = [i for i, q in enumerate(QUADRANTS) if q.endswith("_high")]
     with np.errstate(invalid="ignore", divide="ignore"):
         token_share = np.where(total > 0, counts[:, high].sum(axis=1) / total, np.nan)
-    grad = steps[[f"weighted_grad_share_{QUADRANTS[i]}" for i in high]].to_numpy(np.float64).sum(axis=1)
+    grad = steps[[f"grad_share_{QUADRANTS[i]}" for i in high]].to_numpy(np.float64).sum(axis=1)
     return grad - token_share
 
 
@@ -406,8 +406,8 @@ def claims(scores: Scores, steps: Mapping[str, pd.DataFrame | Mapping[int, pd.Da
 
     Every prediction is "estimate > 0". A claim whose variants (or data) are absent is `not run` and stays out of the
     Holm family. Holm adjusts the tested claims' p-values at family-wise level alpha = 1 - ci; the MDE uses alpha / m
-    and power 0.8 (see `eapo.study_stats`). C3 uses GRPO's steps tables (seeds x steps; with `weighting: none` the
-    weighted share is the plain GRPO share); C4 the annotate CMI probe (one run: positions, no seed level)."""
+    and power 0.8 (see `eapo.study_stats`). C3 uses GRPO's steps tables (seeds x steps, the unweighted
+    `grad_share_*` columns); C4 the annotate CMI probe (one run: positions, no seed level)."""
     seeded = {m: _seeded(s) for m, s in scores.items()}
     out: list[dict[str, Any]] = []
     for cid, hi_v, lo_v in (("C1", "drop_pos_high", "drop_pos_low"), ("C2", "drop_neg_high", "drop_neg_low")):
@@ -425,8 +425,8 @@ def claims(scores: Scores, steps: Mapping[str, pd.DataFrame | Mapping[int, pd.Da
             mat[i, : len(r)] = r
         try:
             out.append(_from_boot("C3", hierarchical_bootstrap(mat, boot.n_boot, boot.seed, boot.ci)))
-        except ValueError as exc:
-            out.append(_claim("C3", verdict=None, note=f"no estimate: {exc}"))
+        except ValueError as exc:  # e.g. no step with a non-zero advantage
+            out.append(_claim("C3", verdict=None, seeds=len(rows), units=width, note=f"no estimate: {exc}"))
     else:
         out.append(_claim("C3", note="needs grpo in study.variants"))
 

@@ -129,7 +129,7 @@ def _steps(excess: float, n=6) -> pd.DataFrame:
     share = {"pos_high": grad_high / 2, "neg_high": grad_high / 2, "pos_low": (1 - grad_high) / 2,
              "neg_low": (1 - grad_high) / 2}
     rows = [{"step": t, **{f"count_{q}": counts[q] for q in QUADRANTS},
-             **{f"weighted_grad_share_{q}": share[q] + 0.01 * ((t % 3) - 1) for q in QUADRANTS}} for t in range(n)]
+             **{f"grad_share_{q}": share[q] + 0.01 * ((t % 3) - 1) for q in QUADRANTS}} for t in range(n)]
     return pd.DataFrame(rows)
 
 
