@@ -57,6 +57,8 @@ def check_name(params: Params, name: str, seed: int | None = None) -> Path | Non
                          f"{list(params.study.variants)}")
     if seed is None:
         seed = params.study.seeds[0]
+    if seed not in params.study.seeds:
+        raise ValueError(f"seed {seed} is not in study.seeds {list(params.study.seeds)}")
     path = model_dir(params, name, seed)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no trained checkpoint for variant {name!r} seed {seed} "
