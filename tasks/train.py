@@ -1,4 +1,4 @@
-"""Stage `train@<variant>`: online RLVR of the base policy under one token weighting."""
+"""Stage `train@<variant>-<seed>`: online RLVR of the base policy under one token weighting, one study replicate."""
 
 from __future__ import annotations
 
