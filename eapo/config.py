@@ -370,6 +370,7 @@ class ReportConfig:
     ci: float = 0.95
     """Interval coverage; the claims' family-wise error rate (Holm) is 1 - ci."""
     seed: int = 0
+    """Seed of the bootstrap resampling (the same for every interval, so reruns give identical reports)."""
     reward_threshold: float = 0.5
     """Sample efficiency: the first step whose training reward reaches this."""
 
