@@ -95,16 +95,9 @@ def seeded_delta(a: Mapping[int, pd.Series], b: Mapping[int, pd.Series], boot: B
     if not a or not b:
         raise ValueError("seeded_delta needs at least one seed per model")
     idx = _check_prompts([a, b])
-    if len(b) == 1 and len(a) >= 1:
-        ma = _matrix(a, idx)
-        d = ma - _matrix(b, idx)
-    elif len(a) == 1:
-        mb = _matrix(b, idx)
-        d = _matrix(a, idx) - mb
-    elif sorted(a) == sorted(b):
-        d = _matrix(a, idx) - _matrix(b, idx)
-    else:
+    if len(a) > 1 and len(b) > 1 and sorted(a) != sorted(b):
         raise ValueError(f"models trained with different seeds: {sorted(a)} vs {sorted(b)}")
+    d = _matrix(a, idx) - _matrix(b, idx)  # [S, P]; a one-seed model (base) broadcasts over the other's seeds
     r = hierarchical_bootstrap(d, n_boot=boot.n_boot, seed=boot.seed, ci=boot.ci)
     return {"est": r.est, "lo": r.lo, "hi": r.hi, "label": noise_label(r.lo, r.hi), "prompts": len(idx),
             "seeds": r.seeds, "se": r.se, "p": r.p}
@@ -397,7 +390,9 @@ def grad_share_excess(steps: pd.DataFrame) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         token_share = np.where(total > 0, counts[:, high].sum(axis=1) / total, np.nan)
     grad = steps[[f"grad_share_{QUADRANTS[i]}" for i in high]].to_numpy(np.float64).sum(axis=1)
-    return grad - token_share
+    # The shares are stored as float32: round off their ~1e-8 representation error, or an exact tie (gradient share =
+    # token share) would read as a "significant" difference of 1e-9.
+    return np.round(grad - token_share, 6)
 
 
 def claims(scores: Scores, steps: Mapping[str, pd.DataFrame | Mapping[int, pd.DataFrame]], cmi: pd.DataFrame | None,

@@ -174,6 +174,14 @@ def test_claims_verdicts_not_run_and_holm_family():
 def test_grad_share_excess_per_step():
     d = grad_share_excess(_steps(0.1, n=3))
     assert d == pytest.approx([0.1 - 0.02, 0.1, 0.1 + 0.02])
+    # A tie stored as float32 (gradient share = token share) is a zero excess, not a 1e-9 "effect" a bootstrap
+    # would call significant.
+    tie = _steps(0.0, n=4)
+    for q in QUADRANTS:
+        tie[f"grad_share_{q}"] = (tie[f"count_{q}"] / 100).astype(np.float32)
+    assert (grad_share_excess(tie) == 0).all()
+    r = claims({}, {"grpo": tie}, None, None, BOOT)[2]
+    assert r["id"] == "C3" and r["estimate"] == 0.0 and r["verdict"] == INCONCLUSIVE
     empty = _steps(0.1, n=1)
     for q in QUADRANTS:
         empty[f"count_{q}"] = 0
