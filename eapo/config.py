@@ -314,6 +314,20 @@ class StudyConfig:
     variants: list[str] = field(default_factory=lambda: ["grpo", "top20", "eapo", "drop_pos_high", "drop_pos_low",
                                                          "drop_neg_high", "drop_neg_low"])
     """The variants trained, evaluated and reported: the DVC matrix. Each must be a key of `variants`."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Training replicates: `train` and `evaluate` are DVC matrices over variant x seed, and the report's intervals
+    resample seeds, then prompts within each seed. Replicate `s` trains with seed `train.seed + s` (sampling,
+    prompt order, minibatch order, dropout), so the default `[0]` is exactly `train.seed`, and `train.seed` (which
+    `python -m flows.pipeline --seed N` sets) shifts every replicate. Outputs go to `<train_dir>/<variant>/seed<s>/`,
+    `<evaluate_dir>/<variant>/seed<s>/` and `<metrics_dir>/<variant>/seed<s>.json`. Adding a seed adds stages only."""
+
+    def validate(self, key: str) -> None:
+        if not self.seeds:
+            raise ConfigError(f"{key}.seeds must list at least one seed")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"{key}.seeds must be >= 0, got {self.seeds}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{key}.seeds has duplicates: {self.seeds}")
 
 
 @dataclass(frozen=True)
@@ -329,8 +343,11 @@ class BenchmarkConfig:
 class EvaluateConfig(SamplingConfig):
     num_prompts: int | None = 50
     """Test prompts evaluated (first N in id order); null = all."""
-    k: int = 2
-    """Samples per prompt for avg@k / pass@k (group_size is ignored here)."""
+    k: int = 4
+    """Samples per prompt n for avg@n and pass@k (group_size is ignored here)."""
+    pass_k: list[int] = field(default_factory=lambda: [1, 4])
+    """k values of the unbiased pass@k (each <= `k`, the samples per prompt). The largest one is the report's
+    "large-k" pass@k: flat greedy and large-k pass@k while avg@k rises reads as sharpening."""
     greedy: bool = True
     """Also decode greedily once per prompt for greedy accuracy."""
     seed: int = 1234
@@ -341,13 +358,19 @@ class EvaluateConfig(SamplingConfig):
         super().validate(key)
         if self.k < 1:
             raise ConfigError(f"{key}.k must be >= 1, got {self.k}")
+        if not self.pass_k or any(k < 1 or k > self.k for k in self.pass_k):
+            raise ConfigError(f"{key}.pass_k must be non-empty with 1 <= each <= {key}.k ({self.k}) "
+                              f"(pass@k needs n >= k samples per prompt), got {self.pass_k}")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     bootstrap: int = 2000
+    """Bootstrap resamples per interval (hierarchical: seeds, then prompts within each seed)."""
     ci: float = 0.95
+    """Interval coverage; the claims' family-wise error rate (Holm) is 1 - ci."""
     seed: int = 0
+    """Seed of the bootstrap resampling (the same for every interval, so reruns give identical reports)."""
     reward_threshold: float = 0.5
     """Sample efficiency: the first step whose training reward reaches this."""
 

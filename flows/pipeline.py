@@ -1,7 +1,13 @@
 """The whole study as one Prefect flow, driven through DVC's Python API so DVC's cache decides what reruns.
 
-    python -m flows.pipeline [--variants grpo eapo] [--seed 1] [-S variants.eapo.alpha=0.7] [--force]
+    python -m flows.pipeline [--variants grpo eapo] [--seeds 0 1 2] [--seed 1] [-S variants.eapo.alpha=0.7] [--force]
+    python -m flows.pipeline --profile configs/replicated.params.yaml   # a profile's keys as `dvc exp run -S`
     eapo serve [--cron "0 2 * * *"]     # the same flow as a deployment, triggered or scheduled from the Prefect UI
+
+Two kinds of seed: `--seeds 0 1 2` sets `study.seeds`, the training replicates of every variant on the same data
+(train/evaluate run per variant x seed; the report's intervals include the seed variance); `--seed N` sets the seed of
+every stage (prepare, rollout, CMI probe, train.seed, evaluate), a different draw of the whole study. Replicate s of
+`--seed N` trains with seed N + s.
 
 Overrides are applied as `dvc exp run -S` applies them: the experiment is run in the workspace with the changed params
 and recorded as a DVC experiment (`dvc exp show`). Without overrides it is a plain `dvc repro`. Each stage's own
@@ -24,11 +30,38 @@ from eapo.config import load_params, params_from_dict, set_dotted
 from flows.stage import parse_overrides
 
 
-def study_overrides(variants: list[str] | None, seed: int | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The pipeline's parameters as dotted params keys: `seed` seeds every sampling and training stage."""
+def flatten_profile(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A profile (a partial params file) as dotted keys: mappings recurse, everything else is a value."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a profile must be a mapping of params sections, got {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_profile(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"profile not found: {path}")
+    return flatten_profile(yaml.safe_load(path.read_text()) or {})
+
+
+def study_overrides(variants: list[str] | None, seed: int | None, overrides: dict[str, Any] | None,
+                    seeds: list[int] | None = None) -> dict[str, Any]:
+    """The pipeline's parameters as dotted params keys: `seed` seeds every sampling and training stage, `seeds` are
+    the training replicates (`study.seeds`)."""
     out: dict[str, Any] = {}
     if variants:
         out["study.variants"] = list(variants)
+    if seeds:
+        out["study.seeds"] = list(seeds)
     if seed is not None:
         for key in ("prepare.seed", "rollout.seed", "train.seed", "evaluate.seed", "annotate.cmi.seed"):
             out[key] = seed
@@ -72,9 +105,9 @@ def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, f
 @flow(name="pipeline", description="Reproduce the whole EAPO study through DVC (cache-aware).")
 def pipeline_flow(variants: list[str] | None = None, seed: int | None = None,
                   overrides: dict[str, Any] | None = None, targets: list[str] | None = None,
-                  force: bool = False, project_dir: str = ".") -> dict:
+                  force: bool = False, project_dir: str = ".", seeds: list[int] | None = None) -> dict:
     root = Path(project_dir).resolve()
-    sets = study_overrides(variants, seed, overrides)
+    sets = study_overrides(variants, seed, overrides, seeds)
     _check(root / "params.yaml", sets)
     run_id = flow_run.get_id()
     previous = os.environ.get("EAPO_PARENT_RUN")
@@ -104,12 +137,17 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", help="variants to train/evaluate (study.variants)")
     parser.add_argument("--seed", type=int, help="seed for every sampling and training stage")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training replicates per variant (study.seeds)")
+    parser.add_argument("--profile", help="a partial params file whose keys are applied as -S overrides (e.g. "
+                                          "configs/replicated.params.yaml); it wins over --variants, --seeds and "
+                                          "--seed, and -S wins over it")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--targets", nargs="+", help="DVC stages to reproduce (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun even if DVC thinks nothing changed")
     args = parser.parse_args(argv)
-    return pipeline_flow(variants=args.variants, seed=args.seed, overrides=parse_overrides(args.overrides),
-                         targets=args.targets, force=args.force)
+    overrides = {**(load_profile(args.profile) if args.profile else {}), **parse_overrides(args.overrides)}
+    return pipeline_flow(variants=args.variants, seed=args.seed, overrides=overrides, targets=args.targets,
+                         force=args.force, seeds=args.seeds)
 
 
 if __name__ == "__main__":

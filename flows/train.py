@@ -1,4 +1,7 @@
-"""DVC stage `train@<variant>` as a Prefect flow: `python -m flows.train --variant eapo`.
+"""DVC stage `train@<variant>-<seed>` as a Prefect flow: `python -m flows.train --variant eapo --seed 0`.
+
+`--seed s` is the study replicate (one of `study.seeds`): the trainer runs with seed `train.seed + s` and writes
+`<train_dir>/<variant>/seed<s>/`.
 
 On a GPU box: `accelerate launch -m flows.train --variant eapo` (each process samples its shard of the prompts)."""
 
@@ -12,9 +15,11 @@ from tasks.train import train_task
 
 
 @flow(name="train", description="Online RLVR of the base policy under one token weighting (variant).")
-def train_flow(variant: str, params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
-    return train_task(load_params(params_path, overrides), variant)
+def train_flow(variant: str, params_path: str = "params.yaml", overrides: dict | None = None, seed: int = 0) -> dict:
+    return train_task(load_params(params_path, overrides), variant, seed)
 
 
 if __name__ == "__main__":
-    run_stage(train_flow, variant=lambda p: p.add_argument("--variant", required=True, help="a key of variants"))
+    run_stage(train_flow, variant=lambda p: p.add_argument("--variant", required=True, help="a key of variants"),
+              seed=lambda p: p.add_argument("--seed", type=int, default=0,
+                                            help="study replicate (trainer seed = train.seed + SEED); default 0"))

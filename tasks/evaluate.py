@@ -1,8 +1,10 @@
 """Stage `evaluate@<name>`: greedy accuracy, avg@k and unbiased pass@k of one model on the test prompts and benchmarks.
 
-`name` is `base` (the base policy of `params.model`) or a trained variant (`<train_dir>/<variant>/model`). Writes
-`<evaluate_dir>/<name>/samples.parquet` (`samples` contract) and `<metrics_dir>/<name>.json` (nested by dataset, for
-`dvc metrics diff`), both with lineage.
+`name` is `base` (the base policy of `params.model`) or a trained variant with its study seed `s`
+(`<train_dir>/<variant>/seed<s>/model`). Writes `<evaluate_dir>/<name>[/seed<s>]/samples.parquet` (`samples`
+contract) and `<metrics_dir>/<name>[/seed<s>].json` (nested by dataset, for `dvc metrics diff`), both with lineage.
+The base policy is not trained, so it has no seed. Every model samples with `evaluate.seed`: the same random numbers
+for every model, which helps the paired comparisons.
 """
 
 from __future__ import annotations
@@ -30,33 +32,43 @@ BASE = "base"
 TEST = "test"
 
 
-def model_dir(params: Params, name: str) -> Path:
-    return Path(params.paths.train_dir) / name / "model"
+def model_dir(params: Params, name: str, seed: int) -> Path:
+    return Path(params.paths.train_dir) / name / f"seed{seed}" / "model"
 
 
-def samples_path(params: Params, name: str) -> Path:
-    return Path(params.paths.evaluate_dir) / name / "samples.parquet"
+def samples_path(params: Params, name: str, seed: int | None = None) -> Path:
+    root = Path(params.paths.evaluate_dir) / name
+    return (root if seed is None else root / f"seed{seed}") / "samples.parquet"
 
 
-def metrics_path(params: Params, name: str) -> Path:
-    return Path(params.paths.metrics_dir) / f"{name}.json"
+def metrics_path(params: Params, name: str, seed: int | None = None) -> Path:
+    root = Path(params.paths.metrics_dir)
+    return root / f"{name}.json" if seed is None else root / name / f"seed{seed}.json"
 
 
-def check_name(params: Params, name: str) -> Path | None:
-    """The checkpoint directory of `name` (None for the base policy); a clear error when it is unknown or missing."""
+def check_name(params: Params, name: str, seed: int | None = None) -> Path | None:
+    """The checkpoint directory of `name` at study seed `seed` (None for the base policy, which takes no seed); a
+    clear error when it is unknown or missing."""
     if name == BASE:
+        if seed is not None:
+            raise ValueError(f"{BASE!r} is the untrained policy: it has no study seed (got --seed {seed})")
         return None
     if name not in params.study.variants:
         raise ValueError(f"unknown model name {name!r}: expected {BASE!r} or one of study.variants "
                          f"{list(params.study.variants)}")
-    path = model_dir(params, name)
+    if seed is None:
+        seed = params.study.seeds[0]
+    if seed not in params.study.seeds:
+        raise ValueError(f"seed {seed} is not in study.seeds {list(params.study.seeds)}")
+    path = model_dir(params, name, seed)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no trained checkpoint for variant {name!r} (run `dvc repro train@{name}`)")
+        raise FileNotFoundError(f"{path}: no trained checkpoint for variant {name!r} seed {seed} "
+                                f"(run `dvc repro train@{name}-{seed}`)")
     return path
 
 
-def load_model(params: Params, name: str):
-    path = check_name(params, name)
+def load_model(params: Params, name: str, seed: int | None = None):
+    path = check_name(params, name, seed)
     if path is None:
         return load_base_policy(params)
     set_threads(params.model.threads)
@@ -80,20 +92,25 @@ def datasets(params: Params) -> dict[str, list[dict]]:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(params: Params, name: str) -> dict:
-    ckpt = check_name(params, name)  # fail before loading anything
-    out_samples = samples_path(params, name)
+def evaluate_task(params: Params, name: str, seed: int | None = None) -> dict:
+    """Evaluate `base` (seed None) or variant `name` trained as study replicate `seed` (default: the first of
+    study.seeds)."""
+    ckpt = check_name(params, name, seed)  # fail before loading anything
+    if name != BASE and seed is None:
+        seed = params.study.seeds[0]
+    label = name if seed is None else f"{name}-{seed}"
+    out_samples, out_metrics = samples_path(params, name, seed), metrics_path(params, name, seed)
     # The samples and the metrics are replaced together, or neither is; a second run for this model fails at once.
-    with StageOutputs(f"evaluate@{name}", [out_samples, metrics_path(params, name)]) as staged:
-        metrics, lineage, inputs, identity, policy = _evaluate(params, name, ckpt, staged)
-    return _publish(params, name, ckpt, metrics, inputs, identity, policy)
+    with StageOutputs(f"evaluate@{label}", [out_samples, out_metrics]) as staged:
+        metrics, inputs, identity, policy = _evaluate(params, name, seed, ckpt, staged)
+    return _publish(params, label, ckpt, out_samples, out_metrics, metrics, inputs, identity, policy)
 
 
-def _evaluate(params: Params, name: str, ckpt: Path | None, staged: StageOutputs):
+def _evaluate(params: Params, name: str, seed: int | None, ckpt: Path | None, staged: StageOutputs):
     """Sample, score and write the samples and metrics into the staging area; the caller commits them together."""
     cfg = params.evaluate
     sets = datasets(params)
-    policy = load_model(params, name)
+    policy = load_model(params, name, seed)
     rows: list[dict] = []
     with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
                       fallback=params.reward.fallback) as scorer:
@@ -112,31 +129,30 @@ def _evaluate(params: Params, name: str, ckpt: Path | None, staged: StageOutputs
     inputs.update({f"benchmark:{b.name}": b.path for b in cfg.benchmarks})
     identity = {"name": name, "checkpoint": str(ckpt) if ckpt else None, **policy.info}
     lineage = make_lineage("evaluate", params.subset(*PARAMS_KEYS), inputs=inputs, seed=cfg.seed,
-                           extra={"model": identity, "model_name": name})
-    write_artifact(rows, staged.path(samples_path(params, name)), "samples", lineage)
-    metrics = compute_metrics(pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)))
-    write_json_artifact(staged.path(metrics_path(params, name)), metrics, lineage)
-    return metrics, lineage, inputs, identity, policy
+                           extra={"model": identity, "model_name": name, "study_seed": seed})
+    write_artifact(rows, staged.path(samples_path(params, name, seed)), "samples", lineage)
+    metrics = compute_metrics(pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)), cfg.pass_k)
+    write_json_artifact(staged.path(metrics_path(params, name, seed)), metrics, lineage)
+    return metrics, inputs, identity, policy
 
 
-def _publish(params: Params, name: str, ckpt: Path | None, metrics: dict, inputs: dict, identity: dict,
-             policy) -> dict:
+def _publish(params: Params, label: str, ckpt: Path | None, out_samples: Path, out_metrics: Path, metrics: dict,
+             inputs: dict, identity: dict, policy) -> dict:
     cfg = params.evaluate
-    out_samples = samples_path(params, name)
-
     base_model = [] if ckpt else [policy.info.get("path") or params.model.name_or_path]
-    record_assets([out_samples, metrics_path(params, name)], [*inputs.values(), *base_model], f"evaluate-{name}")
+    record_assets([out_samples, out_metrics], [*inputs.values(), *base_model], f"evaluate-{label}")
     table = metrics_rows(metrics)
-    publish_table(f"evaluate-{name}-metrics", table, f"Evaluation metrics of {name!r} per dataset")
+    publish_table(f"evaluate-{label}-metrics", table, f"Evaluation metrics of {label!r} per dataset")
     test = metrics[TEST]
     k = cfg.k
-    publish_markdown(f"evaluate-{name}-summary", "\n".join([
-        f"# evaluate: `{name}`", "",
+    publish_markdown(f"evaluate-{label}-summary", "\n".join([
+        f"# evaluate: `{label}`", "",
         (f"- model: `{identity.get('checkpoint') or identity.get('name')}` ({identity.get('kind')}, "
         f"sha256 `{str(identity.get('sha256'))[:12]}`)"),
         (f"- test: greedy {test.get('greedy_acc', float('nan')):.3f}, "
         f"avg@{k} {test.get(f'avg@{k}', float('nan')):.3f}, "
-        f"pass@{k} {test.get(f'pass@{k}', float('nan')):.3f} over {test['prompts']} prompts"),
-        f"- samples: `{out_samples}`; metrics: `{metrics_path(params, name)}`", "",
-        markdown_table(table)]), f"Evaluate stage summary ({name})")
+        f"pass@{max(cfg.pass_k)} {test.get(f'pass@{max(cfg.pass_k)}', float('nan')):.3f} "
+        f"over {test['prompts']} prompts"),
+        f"- samples: `{out_samples}`; metrics: `{out_metrics}`", "",
+        markdown_table(table)]), f"Evaluate stage summary ({label})")
     return metrics

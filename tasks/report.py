@@ -19,25 +19,29 @@ from eapo.report import Boot, ReportInputs, build_report
 from eapo.stageio import StageOutputs, atomic_file
 from tasks.evaluate import BASE, metrics_path, samples_path
 from tasks.publish import publish_links, publish_markdown, publish_table, record_assets
+from tasks.train import variant_paths
 
 PARAMS_KEYS = ("report", "study")
 PNG_FILES = ("reward_curves.png", "entropy_curves.png", "accuracy.png", "quadrant_shares.png")
 DATA_FILES = ("curves.csv", "accuracy.csv", "summary.json")
 
 
-def steps_path(params: Params, variant: str) -> Path:
-    return Path(params.paths.train_dir) / variant / "steps.parquet"
+def steps_path(params: Params, variant: str, seed: int) -> Path:
+    return variant_paths(params, variant, seed)["steps"]
 
 
 def required_inputs(params: Params) -> dict[str, Path]:
-    """Every input the report needs, by name."""
-    models = [BASE, *params.study.variants]
-    inputs: dict[str, Path] = {}
-    for m in models:
-        inputs[f"metrics:{m}"] = metrics_path(params, m)
-        inputs[f"samples:{m}"] = samples_path(params, m)
+    """Every input the report needs, by name: `samples:base`, `samples:<variant>@seed<s>`, `steps:<variant>@seed<s>`,
+    ... over study.variants x study.seeds."""
+    inputs: dict[str, Path] = {f"metrics:{BASE}": metrics_path(params, BASE),
+                               f"samples:{BASE}": samples_path(params, BASE)}
     for v in params.study.variants:
-        inputs[f"steps:{v}"] = steps_path(params, v)
+        for sd in params.study.seeds:
+            inputs[f"metrics:{v}@seed{sd}"] = metrics_path(params, v, sd)
+            inputs[f"samples:{v}@seed{sd}"] = samples_path(params, v, sd)
+    for v in params.study.variants:
+        for sd in params.study.seeds:
+            inputs[f"steps:{v}@seed{sd}"] = steps_path(params, v, sd)
     inputs["quadrant_stats"] = Path(params.paths.quadrant_stats)
     inputs["cmi"] = Path(params.paths.cmi)
     return inputs
@@ -46,17 +50,21 @@ def required_inputs(params: Params) -> dict[str, Path]:
 def check_inputs(inputs: dict[str, Path]) -> None:
     missing = [f"  - {p} ({name})" for name, p in inputs.items() if not p.is_file()]
     if missing:
-        raise FileNotFoundError("report: missing input file(s) (a variant not trained/evaluated? run `dvc repro`):\n"
-                                + "\n".join(missing))
+        raise FileNotFoundError("report: missing input file(s) (a variant or seed not trained/evaluated? run "
+                                "`dvc repro`):\n" + "\n".join(missing))
 
 
 def load_inputs(params: Params) -> tuple[ReportInputs, dict[str, Path]]:
     paths = required_inputs(params)
     check_inputs(paths)
-    models = [BASE, *params.study.variants]
-    samples = {m: read_artifact(paths[f"samples:{m}"], "samples")[0].to_pandas() for m in models}
-    metrics = {m: json.loads(paths[f"metrics:{m}"].read_text()) for m in models}
-    steps = {v: read_artifact(paths[f"steps:{v}"], "steps")[0].to_pandas() for v in params.study.variants}
+    variants, seeds = params.study.variants, params.study.seeds
+    samples: dict = {BASE: read_artifact(paths[f"samples:{BASE}"], "samples")[0].to_pandas()}
+    metrics = {BASE: json.loads(paths[f"metrics:{BASE}"].read_text())}
+    steps: dict = {}
+    for v in variants:
+        samples[v] = {sd: read_artifact(paths[f"samples:{v}@seed{sd}"], "samples")[0].to_pandas() for sd in seeds}
+        metrics[v] = json.loads(paths[f"metrics:{v}@seed{seeds[0]}"].read_text())
+        steps[v] = {sd: read_artifact(paths[f"steps:{v}@seed{sd}"], "steps")[0].to_pandas() for sd in seeds}
     cmi = read_artifact(paths["cmi"], "cmi")[0].to_pandas()
     stats = json.loads(paths["quadrant_stats"].read_text())
     lineages = {}
@@ -93,6 +101,9 @@ def report_task(params: Params) -> dict:
     record_assets([md_path, final / "summary.json"], [p for k, p in paths.items()], "report")
     publish_markdown("report", rep.markdown, "EAPO study report: Four Quadrant ablation table and more")
     publish_table("report-accuracy", acc, "Test avg@k per model with bootstrap intervals")
+    publish_table("report-claims", [{k: c[k] for k in ("id", "statement", "estimate", "lo", "hi", "p_holm", "verdict",
+                                                          "mde", "seeds")} for c in rep.claims],
+                  "The paper's claims: estimate, interval, Holm-adjusted p, verdict, minimum detectable effect")
     publish_links("report-plot", [final / f for f in PNG_FILES], "Report plots")
     return {"report": str(md_path), "summary": rep.summary}
 

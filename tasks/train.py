@@ -1,8 +1,9 @@
-"""Stage `train@<variant>`: online RLVR of the base policy under one token weighting."""
+"""Stage `train@<variant>-<seed>`: online RLVR of the base policy under one token weighting, one study replicate."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -26,9 +27,21 @@ def params_keys(variant: str) -> tuple[str, ...]:
     return ("model", "train", "reward", f"variants.{variant}")
 
 
-def variant_paths(params: Params, variant: str) -> dict[str, Path]:
-    root = Path(params.paths.train_dir) / variant
+def replicate_dir(params: Params, variant: str, seed: int) -> Path:
+    """`<train_dir>/<variant>/seed<seed>`: one replicate's checkpoint, steps and curves."""
+    return Path(params.paths.train_dir) / variant / f"seed{seed}"
+
+
+def variant_paths(params: Params, variant: str, seed: int) -> dict[str, Path]:
+    root = replicate_dir(params, variant, seed)
     return {"root": root, "model": root / "model", "steps": root / "steps.parquet", "curves": root / "curves.csv"}
+
+
+def replicate_seed(params: Params, seed: int) -> int:
+    """The trainer's seed for study replicate `seed`: `train.seed + seed` (see `StudyConfig.seeds`)."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return params.train.seed + seed
 
 
 def step0_samples(params: Params, prompts: list[dict]) -> list[tuple[Sample, float]] | None:
@@ -57,21 +70,24 @@ def step0_samples(params: Params, prompts: list[dict]) -> list[tuple[Sample, flo
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(params: Params, variant: str) -> dict:
+def train_task(params: Params, variant: str, seed: int = 0) -> dict:
+    """Train `variant` as study replicate `seed` (trainer seed `train.seed + seed`)."""
     if variant not in params.variants:
         raise ValueError(f"unknown variant {variant!r}; defined in params.yaml variants: {sorted(params.variants)}")
-    paths = variant_paths(params, variant)
-    # The model, the steps table and the curves are replaced together, or none is; a second run of this variant
+    paths = variant_paths(params, variant, seed)
+    effective_seed = replicate_seed(params, seed)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=effective_seed))
+    # The model, the steps table and the curves are replaced together, or none is; a second run of this replicate
     # fails at once naming the holder of the lock.
-    with StageOutputs(f"train@{variant}", [paths["model"], paths["steps"], paths["curves"]]) as staged:
-        result, subset, inputs, policy, initial = _train(params, variant, paths, staged)
+    with StageOutputs(f"train@{variant}-{seed}", [paths["model"], paths["steps"], paths["curves"]]) as staged:
+        result, subset, inputs, policy, initial = _train(params, variant, seed, paths, staged)
         staged.cleanup.append(paths["root"] / ".runs")  # checkpoints are only for resuming a killed run
-    return _finish(params, variant, paths, result, subset, inputs, policy, initial)
+    return _finish(params, variant, seed, paths, result, subset, inputs, policy, initial)
 
 
-def _train(params: Params, variant: str, paths: dict[str, Path], staged: StageOutputs):
+def _train(params: Params, variant: str, seed: int, paths: dict[str, Path], staged: StageOutputs):
     """Train and write every output into the staging area; the caller commits them together."""
-    subset = params.subset(*params_keys(variant))
+    subset = {**params.subset(*params_keys(variant)), "study.seed": seed}
     prompts = first_prompts(params.paths.prompts_train, None)
     policy = load_base_policy(params)
     initial = step0_samples(params, prompts)
@@ -88,9 +104,9 @@ def _train(params: Params, variant: str, paths: dict[str, Path], staged: StageOu
     if initial is not None:
         inputs["rollouts"] = params.paths.rollouts
     # Only what the data depends on: wall time and whether the run resumed go to the run record, not the artifacts.
-    lineage = make_lineage(f"train@{variant}", subset, inputs=inputs, seed=params.train.seed,
-                           extra={"variant": variant, "base_model": policy.info,
-                                  "reused_rollouts": initial is not None})
+    lineage = make_lineage(f"train@{variant}-{seed}", subset, inputs=inputs, seed=params.train.seed,
+                           extra={"variant": variant, "study_seed": seed, "train_seed": params.train.seed,
+                                  "base_model": policy.info, "reused_rollouts": initial is not None})
     staged.run_info.update({"resumed_from": result.resumed_from, "seconds": result.seconds})
     model = staged.path(paths["model"])
     result.model_dir.replace(model)
@@ -104,18 +120,23 @@ def _train(params: Params, variant: str, paths: dict[str, Path], staged: StageOu
     return result, subset, inputs, policy, initial
 
 
-def _finish(params: Params, variant: str, paths: dict[str, Path], result, subset, inputs, policy, initial) -> dict:
+def _finish(params: Params, variant: str, seed: int, paths: dict[str, Path], result, subset, inputs, policy,
+            initial) -> dict:
+    effective_seed = params.train.seed
     base_model = policy.info.get("path") or params.model.name_or_path
-    record_assets([paths["model"], paths["steps"]], [*inputs.values(), base_model], f"train-{variant}")
+    name = f"{variant}-seed{seed}"
+    record_assets([paths["model"], paths["steps"]], [*inputs.values(), base_model], f"train-{name}")
     first, last = result.steps[0], result.steps[-1]
-    final = {"variant": variant, "steps": len(result.steps), "reward_start": first["reward_mean"],
+    final = {"variant": variant, "seed": seed, "train_seed": effective_seed, "steps": len(result.steps),
+             "reward_start": first["reward_mean"],
              "reward_end": last["reward_mean"], "entropy_start": first["entropy_mean"],
              "entropy_end": last["entropy_mean"], "seconds": round(result.seconds, 1)}
-    publish_table(f"train-{variant}-final", [final], f"Final training metrics of {variant}")
-    publish_markdown(f"train-{variant}-summary", "\n".join([
-        f"# train@{variant}", "", f"- weighting: `{json.dumps(subset[f'variants.{variant}'])}`",
+    publish_table(f"train-{name}-final", [final], f"Final training metrics of {variant} (seed {seed})")
+    publish_markdown(f"train-{name}-summary", "\n".join([
+        f"# train@{variant}-{seed}", "", f"- weighting: `{json.dumps(subset[f'variants.{variant}'])}`",
+        f"- study seed {seed} (trainer seed train.seed + {seed} = {effective_seed})",
         f"- checkpoint: `{paths['model']}`", f"- steps: `{paths['steps']}`",
         f"- step-0 samples reused from the rollout stage: {initial is not None}", "",
         markdown_table([{k: r[k] for k in ("step", "reward_mean", "entropy_mean", "response_length", "loss")}
-                        for r in result.steps])]), f"Training summary of {variant}")
+                        for r in result.steps])]), f"Training summary of {variant} (seed {seed})")
     return final

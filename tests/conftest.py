@@ -82,6 +82,7 @@ TINY_OVERRIDES = {
     "train.checkpoint_every": 1,
     "evaluate.num_prompts": 4,
     "evaluate.k": 2,
+    "evaluate.pass_k": [1, 2],
     "evaluate.max_new_tokens": 8,
     "report.bootstrap": 200,
 }

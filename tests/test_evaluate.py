@@ -115,7 +115,8 @@ def _tiny_params(tmp_path, variants=("grpo",), benchmarks=()):
     raw["prepare"]["synthetic"]["n"] = 24
     raw["reward"]["workers"] = 1
     raw["study"]["variants"] = list(variants)
-    raw["evaluate"].update(num_prompts=3, k=3, max_new_tokens=6, batch_size=16, benchmarks=list(benchmarks))
+    raw["evaluate"].update(num_prompts=3, k=3, pass_k=[1, 3], max_new_tokens=6, batch_size=16,
+                           benchmarks=list(benchmarks))
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -136,7 +137,7 @@ def test_evaluate_flow_end_to_end_on_tiny_model(prefect_api, tmp_path):
     p = load_params(params_path)
 
     # A variant not trained yet: a clear error naming the checkpoint directory.
-    with pytest.raises(FileNotFoundError, match="grpo/model"):
+    with pytest.raises(FileNotFoundError, match="grpo/seed0/model"):
         evaluate_flow(params_path=str(params_path), name="grpo")
     with pytest.raises(ValueError, match="unknown model name"):
         evaluate_flow(params_path=str(params_path), name="nope")
@@ -166,14 +167,19 @@ def test_evaluate_flow_end_to_end_on_tiny_model(prefect_api, tmp_path):
 
     # A trained variant: its checkpoint directory is evaluated and recorded as an input.
     pol = load_policy("tiny-random-llama", cache_dir=p.paths.model_cache)
-    ckpt = tmp_path / "train/grpo/model"
+    ckpt = tmp_path / "train/grpo/seed1/model"  # study replicate 1
     pol.model.save_pretrained(ckpt)
     pol.tokenizer.save_pretrained(ckpt)
-    evaluate_flow(params_path=str(params_path), overrides={"evaluate.benchmarks": []}, name="grpo")
-    vt, vlin = read_artifact(tmp_path / "evaluate/grpo/samples.parquet", "samples")
+    with pytest.raises(ValueError, match="no study seed"):
+        evaluate_flow(params_path=str(params_path), name="base", seed=1)
+    evaluate_flow(params_path=str(params_path), overrides={"evaluate.benchmarks": [], "study.seeds": [0, 1]},
+                  name="grpo", seed=1)
+    assert not (tmp_path / "evaluate/grpo/seed0").exists()
+    vt, vlin = read_artifact(tmp_path / "evaluate/grpo/seed1/samples.parquet", "samples")
     vdf = vt.to_pandas()
     assert set(vdf["model"]) == {"grpo"} and vlin.inputs["model"]["path"] == str(ckpt)
     assert vlin.extra["model"]["checkpoint"] == str(ckpt) and vlin.extra["model"]["kind"] == "local"
+    assert vlin.extra["study_seed"] == 1
     same = vdf[(vdf.dataset == "test") & (vdf["mode"] == "greedy") & (vdf.prompt_id == first.prompt_id)].iloc[0]
     assert same.response == first.response  # same weights, greedy: identical decode
-    assert json.loads((tmp_path / "metrics/grpo.json").read_text())["test"]["prompts"] == 3
+    assert json.loads((tmp_path / "metrics/grpo/seed1.json").read_text())["test"]["prompts"] == 3

@@ -46,7 +46,9 @@ def test_paired_bootstrap_detects_true_difference_and_labels_null_within_noise()
     assert paired_delta(a, better, BOOT)["label"] == "worse"
     null = paired_delta(same_dist, a, BOOT)
     assert null["lo"] <= 0 <= null["hi"] and null["label"] == WITHIN_NOISE
-    assert paired_delta(a, a, BOOT) == {"est": 0.0, "lo": 0.0, "hi": 0.0, "label": WITHIN_NOISE, "prompts": P}
+    same = paired_delta(a, a, BOOT)
+    assert {k: same[k] for k in ("est", "lo", "hi", "label", "prompts", "seeds")} == {
+        "est": 0.0, "lo": 0.0, "hi": 0.0, "label": WITHIN_NOISE, "prompts": P, "seeds": 1}
     assert noise_label(-0.1, 0.2) == WITHIN_NOISE and noise_label(0.01, 0.2) == "better"
 
     # Pairing matters: a shared prompt-difficulty term cancels, so a small true shift is detected when paired.
@@ -144,12 +146,14 @@ def _write_fixtures(tmp_path, rng):
         # grpo: the very same samples as base (a null difference by construction); top20: fresh draws, same p.
         rows = [{**r, "model": name} for r in base_rows] if name in ("base", "grpo") else _samples_rows(name, p, k, rng)
         lin = make_lineage("evaluate", {"evaluate": raw["evaluate"]}, extra={"model_name": name})
-        write_artifact(rows, tmp_path / f"evaluate/{name}/samples.parquet", "samples", lin)
-        write_json_artifact(tmp_path / f"metrics/{name}.json", compute_metrics(pd.DataFrame(rows)), lin)
-    curves = {"grpo": ([0.2, 0.3, 0.5, 0.6], [2.0, 1.6, 1.2, 1.0]), "top20": ([0.2, 0.3, 0.4, 0.45], [2.0, 1.9, 1.8, 1.8]),
+        where = name if name == "base" else f"{name}/seed0"
+        write_artifact(rows, tmp_path / f"evaluate/{where}/samples.parquet", "samples", lin)
+        write_json_artifact(tmp_path / f"metrics/{where}.json", compute_metrics(pd.DataFrame(rows)), lin)
+    curves = {"grpo": ([0.2, 0.3, 0.5, 0.6], [2.0, 1.6, 1.2, 1.0]),
+              "top20": ([0.2, 0.3, 0.4, 0.45], [2.0, 1.9, 1.8, 1.8]),
               "eapo": ([0.2, 0.6, 0.8, 0.9], [2.0, 1.8, 1.7, 1.6])}
     for v, (r, h) in curves.items():
-        write_artifact(_steps_rows(v, r, h), tmp_path / f"train/{v}/steps.parquet", "steps",
+        write_artifact(_steps_rows(v, r, h), tmp_path / f"train/{v}/seed0/steps.parquet", "steps",
                        make_lineage("train", {"variants": {v: raw["variants"][v]}}))
     ann = make_lineage("annotate", {"annotate": raw["annotate"]}, extra={"tau": 2.0})
     stats = {"tau": 2.0, "rho": 0.2, "tokens": 100, "responses": 8,
@@ -202,9 +206,16 @@ def test_report_flow_from_fixture_files(prefect_api, tmp_path):
     assert "2.000 → 1.600" in eff
     assert "| pos_high | 10 | 0.100 | 0.100 |" in md
     assert "CMI ≤ H within the interval (cmi_lo ≤ H) at **100%**" in md
-    assert "## Lineage" in md and "| samples:eapo | evaluate |" in md and "| steps:grpo | train |" in md
+    assert "## Lineage" in md and "| samples:eapo@seed0 | evaluate |" in md and "| steps:grpo@seed0 | train |" in md
+    # One seed: the report says seed variance is not in the intervals; the claims are in the summary.
+    assert "seed variance (the largest source of variance in RL) is not included" in md
+    assert summary["seeds"] == 1 and [c["id"] for c in summary["claims"]] == ["C1", "C2", "C3", "C4", "C5a", "C5b"]
+    claims = {c["id"]: c for c in summary["claims"]}
+    assert claims["C1"]["verdict"] == "not run" and claims["C1"]["p_holm"] is None  # no ablation variants here
+    assert claims["C5a"]["verdict"] == "supported" and claims["C5a"]["estimate"] > 0  # eapo always right
+    assert claims["C5b"]["verdict"] == "supported" and "top20" in md.split("## Claims")[1].split("##")[0]
 
     # A variant that was not trained: the error names the missing file.
-    (tmp_path / "train/top20/steps.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match=r"train/top20/steps\.parquet"):
+    (tmp_path / "train/top20/seed0/steps.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train/top20/seed0/steps\.parquet"):
         report_flow(params_path=str(params_path))

@@ -62,7 +62,7 @@ def test_eapo_validate_accepts_every_artifact_the_pipeline_writes(tiny):
     # Nothing of the stage machinery is left but locks and run records.
     leftovers = [p for p in root.rglob(".eapo-staging-*")] + [p for p in root.rglob("*.tmp")]
     assert not leftovers
-    record = (Path(params.paths.train_dir) / "grpo" / ".eapo-run-train@grpo.json").read_text()
+    record = (Path(params.paths.train_dir) / "grpo" / "seed0" / ".eapo-run-train@grpo-0.json").read_text()
     assert '"seconds"' in record and '"git_commit"' in record
 
 
@@ -115,7 +115,7 @@ def test_train_failing_between_model_and_steps_keeps_the_old_pair(tiny, monkeypa
     from flows.train import train_flow
 
     params, params_path, _ = tiny
-    vdir = Path(params.paths.train_dir) / "grpo"
+    vdir = Path(params.paths.train_dir) / "grpo" / "seed0"
     outs = [vdir / "model", vdir / "steps.parquet", vdir / "curves.csv"]
     before = {p: _digest(p) for p in outs}
 
@@ -137,9 +137,9 @@ def test_second_train_of_a_variant_fails_fast_naming_the_holder(tiny, prefect_ap
     from eapo.stageio import StageOutputs
 
     params, params_path, _ = tiny
-    vdir = Path(params.paths.train_dir) / "grpo"
+    vdir = Path(params.paths.train_dir) / "grpo" / "seed0"
     before = _digest(vdir / "model")
-    holder = StageOutputs("train@grpo", [vdir / "model", vdir / "steps.parquet", vdir / "curves.csv"])
+    holder = StageOutputs("train@grpo-0", [vdir / "model", vdir / "steps.parquet", vdir / "curves.csv"])
     holder._acquire()  # this test process is the first run, holding the lock
     try:
         t0 = time.perf_counter()
@@ -151,7 +151,7 @@ def test_second_train_of_a_variant_fails_fast_naming_the_holder(tiny, prefect_ap
     assert proc.returncode == 1, proc.stderr[-2000:]
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert line and "already running" in line[0] and f"pid {os.getpid()}" in line[0]
-    assert socket.gethostname() in line[0] and "train@grpo" in line[0]
+    assert socket.gethostname() in line[0] and "train@grpo-0" in line[0]
     assert took < 120, took  # no model load, no training: it stops at the lock
     assert _digest(vdir / "model") == before
 

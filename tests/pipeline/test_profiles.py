@@ -1,0 +1,42 @@
+"""configs/: the replicated profile's keys apply to params.yaml as `dvc exp run -S` would, and it covers the study."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from eapo.config import params_from_dict, set_dotted
+from flows.pipeline import flatten_profile, load_profile, study_overrides
+from tests.conftest import ROOT
+
+PROFILE = ROOT / "configs" / "replicated.params.yaml"
+
+
+def test_flatten_profile_gives_dotted_keys_and_keeps_lists_whole():
+    assert flatten_profile({"study": {"seeds": [0, 1]}, "prepare": {"synthetic": {"n": 5}}, "x": {}}) == {
+        "study.seeds": [0, 1], "prepare.synthetic.n": 5, "x": {}}
+    with pytest.raises(ValueError, match="mapping"):
+        flatten_profile([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_profile(ROOT / "configs" / "nope.yaml")
+    # Pipeline flags become the same dotted keys; --seeds is study.seeds, --seed every stage's seed.
+    sets = study_overrides(["grpo"], 3, {"train.steps": 2}, seeds=[0, 1])
+    assert sets["study.variants"] == ["grpo"] and sets["study.seeds"] == [0, 1]
+    assert sets["train.seed"] == 3 and sets["prepare.seed"] == 3 and sets["train.steps"] == 2
+
+
+def test_replicated_profile_is_valid_and_covers_every_variant():
+    profile = load_profile(PROFILE)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # Every variant defined in params.yaml (the entropy baselines included, once they are defined) is in the study.
+    assert set(raw["variants"]) <= set(profile["study.variants"])
+    assert len(profile["study.seeds"]) >= 3 and profile["evaluate.num_prompts"] >= 100
+    # Every other key is a real params key with a valid value (a typo fails here, naming the key).
+    for key, value in profile.items():
+        if key != "study.variants":
+            set_dotted(raw, key, value)
+    params = params_from_dict(raw)
+    assert params.study.seeds == profile["study.seeds"]
+    test_prompts = round(params.prepare.synthetic.n * params.prepare.test_fraction)
+    assert test_prompts >= params.evaluate.num_prompts
+    assert max(params.evaluate.pass_k) <= params.evaluate.k
