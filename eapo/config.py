@@ -172,9 +172,13 @@ class RewardConfig:
     fallback: Literal["last_number", "answer_is", "none"] = "last_number"
     """Answer extraction when there is no \\boxed{}: `answer_is` ("the answer is X"), `last_number`, or `none`."""
     timeout_s: float = 5.0
-    """Per-answer wall-clock limit of the math-verify check (enforced by killing the worker process)."""
+    """Per-answer wall-clock limit of answer extraction and checking together (enforced by killing the worker)."""
     workers: int = 2
     """Reward worker processes."""
+    score_truncated: bool = False
+    """Grade responses cut at the token limit (finish reason `length`). False (default): they score 0 with failure
+    `truncated`, the convention of DAPO's overlong filtering (a cut response has no final answer, and crediting it
+    rewards rambling). True: they are graded, but never by the last-number fallback."""
 
     def validate(self, key: str) -> None:
         if self.timeout_s <= 0:
