@@ -21,7 +21,8 @@ The last balanced, non-empty ``\\boxed{...}`` / ``\\fbox{...}`` (a linear brace-
 skipped); else, with ``fallback`` ``"answer_is"`` or ``"last_number"``, the last "the answer is X" / "answer: X" up to
 the end of its sentence (X with more than two words of prose is refused, except a leading number followed by words
 without digits: "42 apples in total" -> ``42``); else, with ``"last_number"`` and only for a response that ended by
-itself, the number of its **final sentence** (the last sentence of the last non-empty line): the value after its
+itself, the number of its **final sentence** (the last sentence of the last non-empty line, at most
+:data:`MAX_FINAL_SENTENCE_CHARS` characters, or there is none): the value after its
 last ``=`` if that is a number, else its only number; a final sentence with several numbers and no ``=`` has no
 readable answer. An extracted answer of the form ``expr = value`` keeps only ``value`` when ``value`` is a number
 ("26*11 = 286" -> ``286``). No regex runs over the whole response with backtracking: the "answer is" rule looks at a
@@ -305,6 +306,8 @@ _NUMBER_RE = re.compile(
 # Words of plain text (outside LaTeX commands): an "answer is" candidate with many of them is prose, not an answer.
 _WORD_RE = re.compile(r"(?<!\\)\b[A-Za-z]{2,}\b")
 _MAX_ANSWER_IS_WORDS = 2
+#: The last-number fallback reads a final sentence up to this long; a longer one is a run-on paragraph.
+MAX_FINAL_SENTENCE_CHARS = 200
 _MAX_ANSWER_IS_CHARS = 200
 _ANSWER_WINDOW = 2 * _MAX_ANSWER_IS_CHARS
 _LEADING_NUMBER_RE = re.compile(r"[-+]?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*(?:\\%|%))?")
@@ -400,23 +403,23 @@ def _answer_is(text: str) -> str | None:
     return last
 
 
-def _final_sentence(text: str) -> str:
-    """The last sentence of the last non-empty line."""
-    line = ""
-    for line in reversed(text.rstrip().split("\n")):  # noqa: B007 - the loop finds the last non-empty line
-        if line.strip():
-            break
-    line = line.strip()
+def _final_sentence(text: str) -> str | None:
+    """The last sentence of the last non-empty line; ``None`` when it is longer than
+    :data:`MAX_FINAL_SENTENCE_CHARS` (a run-on paragraph, not a sentence that states an answer)."""
+    stripped = text.rstrip()
+    line = stripped[stripped.rfind("\n") + 1 :].strip()
     end = len(line)
     while end > 0 and line[end - 1] in ".!? \t":
         end -= 1
     body = line[:end]
     start = 0
-    for i in range(len(body) - 1, 0, -1):
+    lowest = max(len(body) - MAX_FINAL_SENTENCE_CHARS - 1, 0)
+    for i in range(len(body) - 1, lowest, -1):
         if body[i - 1] in ".!?" and body[i].isspace():
             start = i
             break
-    return body[start:].strip()
+    sentence = body[start:].strip()
+    return sentence if len(sentence) <= MAX_FINAL_SENTENCE_CHARS else None
 
 
 def _numbers_in(s: str) -> list[str] | None:
@@ -433,7 +436,7 @@ def _numbers_in(s: str) -> list[str] | None:
 def _last_number(text: str) -> str | None:
     """The answer of the final sentence: the number after its last ``=``, else its only number; else ``None``."""
     sentence = _final_sentence(text)
-    if not sentence:
+    if not sentence:  # none, or a run-on paragraph
         return None
     if "=" in sentence:
         sentence = sentence.rsplit("=", 1)[1]
