@@ -395,12 +395,12 @@ def _answer_candidate(window: str) -> str | None:
 
 
 def _answer_is(text: str) -> str | None:
-    last: str | None = None
-    for m in _ANSWER_WORD_RE.finditer(text):
-        cand = _answer_candidate(text[m.end() : m.end() + _ANSWER_WINDOW])
+    """The last "answer is X" with a readable X: candidates are tried from the end, so the usual case stops early."""
+    for end in reversed([m.end() for m in _ANSWER_WORD_RE.finditer(text)]):
+        cand = _answer_candidate(text[end : end + _ANSWER_WINDOW])
         if cand is not None:
-            last = cand
-    return last
+            return cand
+    return None
 
 
 def _final_sentence(text: str) -> str | None:
@@ -622,10 +622,19 @@ def _worker_init() -> None:
     except (ValueError, OSError):
         pass
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" warnings: we own the timeout
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Import math-verify/sympy and run one check, so that the first item does not pay for lazy initialisation.
+    Done once in the fork server (see :func:`_add_forkserver_preload`), so that each forked worker is warm."""
+    if _MV.get("warm"):
+        return
     try:
         _mv_check("1", "1")
+        _MV["warm"] = True
     except Exception:  # noqa: BLE001 - each item reports its own error
-        logger.debug("worker warm-up failed", exc_info=True)
+        logger.debug("reward warm-up failed", exc_info=True)
 
 
 def _ping() -> int:
@@ -644,13 +653,14 @@ def _default_mp_context() -> str:
 
 
 def _add_forkserver_preload() -> None:
-    """Have the fork server import math-verify once, so that a new or replacement worker is a cheap fork of a clean,
-    single-threaded process instead of a fresh interpreter importing sympy (seconds). Appends to the existing preload
+    """Have the fork server import math-verify and warm it up once (``eapo.reward_warmup``), so that a new or
+    replacement worker is a cheap, ready fork of a clean, single-threaded process instead of a fresh interpreter
+    importing sympy (seconds) and initialising its parser (a tenth of a second). Appends to the existing preload
     list (default ``["__main__"]``); it only takes effect if the fork server has not started yet."""
     from multiprocessing import forkserver
 
     current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-    wanted = [m for m in ("eapo.reward", "math_verify") if m not in current]
+    wanted = [m for m in ("eapo.reward", "math_verify", "eapo.reward_warmup") if m not in current]
     if wanted:
         forkserver.set_forkserver_preload(current + wanted)
 
