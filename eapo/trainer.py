@@ -674,7 +674,7 @@ def train(
         return accelerator.reduce(t, reduction="sum").tolist()
 
     scorer_cm = (contextlib.nullcontext() if reward_fn is not None else
-                 RewardScorer(timeout_s=reward_cfg.timeout_s, workers=reward_cfg.workers, fallback=reward_cfg.fallback))
+                 RewardScorer.from_config(reward_cfg))
     with scorer_cm as scorer:
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
@@ -703,7 +703,8 @@ def train(
                 if reward_fn is not None:
                     rewards = [float(r) for r in reward_fn(texts, golds)]
                 else:
-                    rewards = [float(r.reward) for r in scorer.score(texts, golds)]
+                    rewards = [float(r.reward) for r in scorer.score(
+                        texts, golds, truncated=[s.finish_reason == "length" for s in samples])]
                 if len(rewards) != len(samples):
                     raise ValueError(f"reward function returned {len(rewards)} rewards for {len(samples)} responses")
 

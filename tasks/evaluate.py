@@ -85,8 +85,7 @@ def evaluate_task(params: Params, name: str) -> dict:
     sets = datasets(params)
     policy = load_model(params, name)
     rows: list[dict] = []
-    with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
-                      fallback=params.reward.fallback) as scorer:
+    with RewardScorer.from_config(params.reward) as scorer:
         for ds, prompts in sets.items():
             texts, golds = [p["prompt"] for p in prompts], [p["answer"] for p in prompts]
             if cfg.greedy:
