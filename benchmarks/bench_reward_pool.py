@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 
@@ -69,6 +70,7 @@ def run(n: int, share: float, timeout_s: float, workers: int) -> dict:
         "failures": dict(Counter(r.failure for r in results)),
         "normal_accuracy": sum(r.reward for r in normal) / max(len(normal), 1),
         "adversarial_timeouts": sum(r.failure == "timeout" for r, a in zip(results, adv) if a),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }
 
 
