@@ -42,10 +42,12 @@ Reward hacking guards
 math-verify evaluates expressions: handed a whole response that restates the question, e.g. ``"26 * 11"`` for gold
 ``286``, it finds ``26*11 == 286``. So only the extracted final answer is ever given to it, and when the gold is a
 plain number an extracted answer that is still an unevaluated arithmetic expression between numbers
-(``26 \\times 11``, ``3 + 4``) scores 0 with ``"unevaluated_expression"`` (``reject_unevaluated=True``, the
-default); scientific notation is read as a number first, so ``5.2\\times10^{3}`` is not affected. A list of
-candidates ("3, 4 or 5") is a set to math-verify and never equals a single number; a final sentence listing
-several numbers yields no last-number answer at all.
+(``26 \\times 11``, ``3 + 4``) or an equation (``2x + 3 = 5``: math-verify would compare its right side) scores 0
+with ``"unevaluated_expression"`` (``reject_unevaluated=True``, the default); ``= value`` is only read off a
+computation or an assignment (``26*11 = 286``, ``x = 5``), never off an equation in a variable. Scientific
+notation is read as a number first, so ``5.2\\times10^{3}`` is not affected. A list of candidates ("3, 4 or 5")
+is a set to math-verify and never equals a single number; a final sentence listing several numbers yields no
+last-number answer at all.
 
 Failure reasons (``RewardResult.failure``)
 ------------------------------------------
@@ -364,12 +366,38 @@ def _sentence_end(s: str) -> int:
     return len(s)
 
 
+_COMPUTATION_CHARS = frozenset("0123456789 \t+-*/×÷·^().,{}[]=$%")
+_LATEX_OPERATORS_RE = re.compile(r"\\(?:times|cdot|div|d?frac|left|right|,|!)")
+_VARIABLE_RE = re.compile(r"\\?[A-Za-z](?:_\{?\w+\}?)?")
+
+
+def _is_computation(lhs: str) -> bool:
+    """Whether the text before an ``=`` ends in a computation whose result the ``=`` states ("26*11", "She makes
+    9 * 2", "x" as in "x = 5"), and not an equation in a variable ("2x + 3", "5x - 7y + 11z + 4"), whose right side
+    is no answer. Scans back over digits, operators and brackets; a variable right before them (a single letter, not
+    a word of prose) makes it an equation."""
+    t = _LATEX_OPERATORS_RE.sub("*", lhs).rstrip()
+    i = len(t)
+    while i > 0 and t[i - 1] in _COMPUTATION_CHARS:
+        i -= 1
+    comp, rest = t[i:], t[:i]
+    if not any(c.isdigit() for c in comp):
+        return _VARIABLE_RE.fullmatch(t.strip()) is not None  # "x = 5"
+    j = len(rest)
+    while j > 0 and rest[j - 1].isalpha():
+        j -= 1
+    word = rest[j:]
+    return len(word) != 1  # nothing before the computation, or a word of prose; not a variable ("2x", "11z")
+
+
 def _final_value(ans: str) -> str:
-    """``"26*11 = 286"`` -> ``"286"``: the value after the last ``=`` when it reads as a number, else ``ans``."""
+    """``"26*11 = 286"`` -> ``"286"``: the value after the last ``=`` when it reads as a number and what precedes it
+    is a computation (:func:`_is_computation`), else ``ans`` unchanged."""
     if "=" not in ans:
         return ans
-    rhs = _strip_delimiters(ans.rsplit("=", 1)[1])
-    return rhs if parse_number(rhs) is not None else ans
+    lhs, rhs = ans.rsplit("=", 1)
+    rhs = _strip_delimiters(rhs)
+    return rhs if parse_number(rhs) is not None and _is_computation(lhs) else ans
 
 
 def _answer_candidate(window: str) -> str | None:
@@ -439,8 +467,8 @@ def _last_number(text: str) -> str | None:
     if not sentence:  # none, or a run-on paragraph
         return None
     if "=" in sentence:
-        sentence = sentence.rsplit("=", 1)[1]
-        if _ARITH_RE.search(sentence):
+        lhs, sentence = sentence.rsplit("=", 1)
+        if _ARITH_RE.search(sentence) or not _is_computation(lhs):
             return None
     nums = _numbers_in(sentence)
     if nums is not None and len(nums) == 1:
@@ -588,7 +616,7 @@ def grade(text: str, gold: Any, options: GradeOptions = GradeOptions(), *, ended
     g_num, p_num = parse_number(g), parse_number(pred)
     if g_num is not None and p_num is not None:
         return (1.0 if _numbers_equal(g_num, p_num) else 0.0), pred, ext.method, None
-    if options.reject_unevaluated and g_num is not None and _ARITH_RE.search(pred):
+    if options.reject_unevaluated and g_num is not None and (_ARITH_RE.search(pred) or "=" in pred):
         return 0.0, pred, ext.method, "unevaluated_expression"
     if len(pred) > options.max_answer_chars or _depth(pred) > options.max_answer_depth or _TOWER_RE.search(pred):
         return 0.0, pred, ext.method, "answer_too_complex"

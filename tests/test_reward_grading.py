@@ -77,6 +77,7 @@ MUST_BE_1 = [
     (r"\boxed{\dfrac{1}{2}}", r"\frac12"),
     (r"\boxed{(3, -1)}", "(3,-1)"),
     (r"\boxed{x = 5}", "5"),
+    (r"\boxed{5x - 7y + 11z + 4 = 0}", "5x - 7y + 11z + 4 = 0"),  # an equation is the answer, not its "= 0"
     (r"\boxed{0.5}", r"\frac{1}{2}"),
     # AMC/AIME-style: integer answers with leading zeros, float golds
     (r"\boxed{033}", "33"),
@@ -118,6 +119,10 @@ MUST_BE_0 = [
     ("So it is 5x.", "5"),
     (r"\boxed{10^{286}}", "286"),
     (r"\boxed{5!}", "5"),  # a factorial, not "5" with an exclamation mark
+    ("So 2x + 3 = 5.", "5"),  # an equation in x, whose right side happens to be the gold
+    (r"\boxed{2x + 3 = 5}", "5"),
+    ("The answer is 2x + 3 = 5.", "5"),
+    (r"\boxed{5x - 7y + 11z + 4 = 0}", "0"),
     # noise: a run-on final "sentence" whose only number is the gold, an incoherent final line
     ("the cat " * 40 + "sat on 286 mats and then the dog " * 3, "286"),
     ("blah 286 blah 3 blah 286", "286"),
