@@ -64,7 +64,10 @@ request; never ``fork``: the trainer has torch threads). Each item is one task w
 worker that overran and starts a replacement, and the item gets reward 0 with ``"timeout"``. A worker that dies
 while running an item (a ``ProcessExpired``) may have been killed for a reason that has nothing to do with that
 item (the OOM killer, an operator), so the item is **retried once**; it gets ``"worker_crashed"`` only if its
-worker dies again. A worker that dies while idle costs no item: pebble replaces it and the queue goes on. No signals
+worker dies again. A worker that dies while idle costs no item. pebble can wedge or mark its pool broken when
+workers die at the wrong moment (all idle workers dead; a worker killed while holding the task channel's lock):
+when pebble reports the pool broken, or nothing has finished for ``timeout_s + STALL_GRACE_S``, the pool is replaced
+and the unfinished items are resubmitted (their one retry). No signals
 are used in the calling process, so scoring works from any thread (e.g. a Prefect task runner thread). ``close()``
 (or leaving the ``with`` block) stops the pool and joins every worker, so no zombies are left.
 """
@@ -156,7 +159,7 @@ def accuracy(results: Sequence[RewardResult]) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 
 # C0 controls except tab and newline, DEL, C1 controls: dropped; \r becomes a newline; Unicode minus signs and
-# dashes used as minus become "-"; no-break / thin spaces become a plain space.
+# dashes used as minus become "-"; zero-width spaces are dropped.
 _CLEAN_TABLE: dict[int, int | None] = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127, *range(128, 160))}
 _CLEAN_TABLE.update({13: 10, 0x2212: ord("-"), 0x2013: ord("-"), 0xFE63: ord("-"), 0xFF0D: ord("-"),
                      0x200B: None, 0xFEFF: None, 0x2060: None})

@@ -293,7 +293,9 @@ def test_worker_killed_once_under_an_item_retries_it(scorer):
 
 
 def test_worker_that_died_idle_costs_no_item(scorer):
-    """Issue 12: a worker killed while idle made the next correct answer score 0 as worker_crashed."""
+    """Issue 12: a worker killed while idle made the next correct answer score 0 as worker_crashed. With pebble,
+    all workers dying idle marks the pool broken ("All workers expired"): the scorer replaces it, and the items
+    are graded normally."""
     pids = scorer.start().worker_pids
     assert len(pids) == 2
     for pid in pids:
