@@ -810,12 +810,15 @@ class RewardScorer:
         return self._holder[0]
 
     def start(self) -> RewardScorer:
-        """Start the workers now and wait until they have imported math-verify (a warm-up; otherwise the pool starts
-        on the first batch). Returns ``self``."""
+        """Start the workers now and wait until all ``workers`` are alive and have imported math-verify (a warm-up;
+        otherwise the pool starts on the first batch). Returns ``self``."""
         with self._lock:
+            deadline = time.monotonic() + self.startup_timeout_s
             pool = self._pool()
             futures = [pool.schedule(_ping) for _ in range(self.workers)]
             concurrent.futures.wait(futures, timeout=self.startup_timeout_s)
+            while len(self.worker_pids) < self.workers and time.monotonic() < deadline:
+                time.sleep(0.02)  # pebble replaces dead workers in the background
             return self
 
     @property

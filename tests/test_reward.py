@@ -16,6 +16,7 @@ import pytest
 
 from eapo.reward import (
     FALLBACKS,
+    STALL_GRACE_S,
     Extraction,
     RewardResult,
     RewardScorer,
@@ -257,7 +258,8 @@ def test_item_whose_worker_keeps_dying_is_retried_once_then_reported(scorer):
         th.join()
     assert [r.failure for r in results] == ["worker_crashed", "worker_crashed"]
     assert [r.reward for r in results] == [0.0, 0.0]
-    assert wall < 2 * TIMEOUT_S, wall  # died twice (every 0.3 s), never waited out a timeout
+    # died twice (kills every 0.3 s); at worst a pool wedged by a kill inside pebble's channel lock is replaced
+    assert wall < TIMEOUT_S + STALL_GRACE_S + 2.0, wall
     assert scorer.score_one(r"\boxed{\frac{2}{4}}", r"\frac12").reward == 1.0
     assert killed and not killed & set(scorer.worker_pids)
     for pid in killed:  # killed and reaped (a zombie would still accept signal 0)
