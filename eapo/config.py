@@ -172,9 +172,13 @@ class RewardConfig:
     fallback: Literal["last_number", "answer_is", "none"] = "last_number"
     """Answer extraction when there is no \\boxed{}: `answer_is` ("the answer is X"), `last_number`, or `none`."""
     timeout_s: float = 5.0
-    """Per-answer wall-clock limit of the math-verify check (enforced by killing the worker process)."""
+    """Per-answer wall-clock limit of answer extraction and checking together (enforced by killing the worker)."""
     workers: int = 2
     """Reward worker processes."""
+    score_truncated: bool = False
+    """Grade responses cut at the token limit (finish reason `length`). False (default): they score 0 with failure
+    `truncated`, the convention of DAPO's overlong filtering (a cut response has no final answer, and crediting it
+    rewards rambling). True: they are graded, but never by the last-number fallback."""
 
     def validate(self, key: str) -> None:
         if self.timeout_s <= 0:
@@ -251,6 +255,11 @@ class TrainConfig(SamplingConfig):
     kl_coef: float = 0.0
     """KL to the frozen reference policy (k3 estimator); 0 = off and no reference model is kept."""
     max_grad_norm: float = 1.0
+    max_update_ratio: float | None = 1.0
+    """Divergence guard: stop (TrainingDiverged, naming the step; the last good checkpoint is kept) when one optimizer
+    update moves the weights by more than this times their norm, ‖Δθ‖/‖θ‖ over all trainable parameters. Healthy
+    runs stay far below (about 1e-3 per update at lr 4e-5); lr 1e6 gives about 1e7 while the loss stays finite.
+    null = no bound (and no copy of the weights is kept for it). Non-finite weights always stop the run."""
     checkpoint_every: int = 5
     """Save model, optimizer, scheduler and RNG state every N steps (and at the end)."""
     chunk_size: int = 256
@@ -281,6 +290,8 @@ class TrainConfig(SamplingConfig):
             raise ConfigError(f"{key}.rho must be in (0, 1], got {self.rho}")
         if self.kl_coef < 0 or self.max_grad_norm <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ConfigError(f"{key}: kl_coef, weight_decay, warmup_steps must be >= 0 and max_grad_norm > 0")
+        if self.max_update_ratio is not None and not self.max_update_ratio > 0:
+            raise ConfigError(f"{key}.max_update_ratio must be > 0 or null, got {self.max_update_ratio}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ Metric definitions, per dataset (one greedy decode and k samples at `evaluate.te
 - `mean_length`: mean response length in tokens of the samples (`greedy_length` for the greedy decodes);
 - `mean_entropy`: token-weighted mean of the per-token entropy (nats, temperature 1), as `rollouts.summarize` does;
 - `extraction_rate`: share of samples from which an answer was extracted; `eos_rate`: share that ended with eos.
+- where the credit came from, per extraction method m in {boxed, answer_is, last_number} (`eapo.reward.METHODS`):
+  `acc_from_<m>`: mean reward of the samples counting only those whose answer m extracted (they sum to the samples'
+  mean reward, i.e. avg@k); `credit_share_<m>`: the share of all credit that came from m (they sum to 1, or are all 0
+  when nothing was credited); `greedy_acc_from_<m>` for the greedy decodes. A score that rests on `last_number` is
+  one to read with care: it was read from a response's final sentence, not stated as an answer.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import numpy as np
 import pandas as pd
 
 from eapo.core.stats import avg_at_k, pass_at_k
+from eapo.reward import METHODS
+
+CREDITED_METHODS = tuple(m for m in METHODS if m != "none")
 
 GREEDY_IDX = -1
 SAMPLE_COLUMNS = ("model", "dataset", "prompt_id", "sample_idx", "mode", "response", "answer", "extracted",
@@ -64,6 +72,20 @@ def per_prompt_accuracy(samples: pd.DataFrame, dataset: str | None = None, mode:
     return df.groupby("prompt_id", sort=True)["reward"].mean().astype(float).rename(f"{mode}_acc")
 
 
+def credit_by_method(rows: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    """`acc_from_<m>` and (without a prefix) `credit_share_<m>` of these rows, per extraction method (module doc)."""
+    rewards = rows["reward"].to_numpy(dtype=np.float64)
+    methods = rows["extract_method"].to_numpy()
+    total = float(rewards.sum())
+    out: dict[str, float] = {}
+    for m in CREDITED_METHODS:
+        credit = float(rewards[methods == m].sum())
+        out[f"{prefix}acc_from_{m}"] = credit / len(rows) if len(rows) else 0.0
+        if not prefix:
+            out[f"credit_share_{m}"] = credit / total if total > 0 else 0.0
+    return out
+
+
 def dataset_metrics(samples: pd.DataFrame, ks: Iterable[int] | None = None) -> dict[str, float]:
     """Metrics of one dataset's rows (see the module doc). `ks` defaults to {1, n} with n the samples per prompt."""
     sampled = samples[samples["mode"] == "sample"]
@@ -73,6 +95,7 @@ def dataset_metrics(samples: pd.DataFrame, ks: Iterable[int] | None = None) -> d
         out["greedy_acc"] = float(greedy["reward"].mean())
         out["greedy_length"] = float(greedy["n_tokens"].mean())
         out["greedy_extraction_rate"] = float(greedy["extracted"].notna().mean())
+        out.update(credit_by_method(greedy, prefix="greedy_"))
     if len(sampled):
         per_prompt = sampled.groupby("prompt_id", sort=True)["reward"]
         sizes = per_prompt.size()
@@ -94,6 +117,7 @@ def dataset_metrics(samples: pd.DataFrame, ks: Iterable[int] | None = None) -> d
         out["eos_rate"] = float((sampled["finish_reason"] == "eos").mean())
         failures = sampled["reward_failure"].fillna("no_answer")
         out["reward_failures"] = int((failures != "no_answer").sum())
+        out.update(credit_by_method(sampled))
     return out
 
 

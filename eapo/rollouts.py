@@ -35,7 +35,8 @@ def sample_and_score(policy: Policy, prompts: Sequence[str], answers: Sequence[s
                               top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=seed,
                               batch_size=sampling.batch_size, backend=sampling.backend, progress=progress)
     texts = [policy.tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
-    results = scorer.score(texts, [answers[s.prompt_index] for s in samples])
+    results = scorer.score(texts, [answers[s.prompt_index] for s in samples],
+                           truncated=[s.finish_reason == "length" for s in samples])
     return [Scored(s, t, r) for s, t, r in zip(samples, texts, results)], dict(samples.stats)
 
 

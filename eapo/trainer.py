@@ -112,19 +112,58 @@ STEP_KEYS: tuple[str, ...] = (
 #: Columns that measure wall time: the only ones allowed to differ between a resumed and an uninterrupted run.
 WALL_TIME_KEYS = ("seconds", "tokens_per_s")
 #: TrainConfig fields that may change between a checkpoint and its resume (they do not change the trajectory).
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "reuse_rollouts"}
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "reuse_rollouts", "max_update_ratio"}
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/inf. Raised before the optimizer step, so the last checkpoint on disk
+    """The loss, the gradient norm or the weights became NaN/inf, or one optimizer update was larger than
+    ``train.max_update_ratio`` times the weights. Raised before the step's checkpoint, so the last checkpoint on disk
     is the last good state."""
 
-    def __init__(self, step: int, what: str):
-        super().__init__(f"training diverged at step {step}: non-finite {what}; the last good checkpoint is kept")
+    def __init__(self, step: int, what: str, detail: str | None = None):
+        why = detail if detail is not None else f"non-finite {what}"
+        super().__init__(f"training diverged at step {step}: {why}; the last good checkpoint is kept")
         self.step = step
         self.what = what
+
+
+def _global_norm(tensors) -> float:
+    """‖(t_1, t_2, ...)‖₂ of all elements (fp32 per tensor, combined in float64)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t.float())) ** 2 for t in tensors))
+
+
+class _UpdateGuard:
+    """Divergence beyond NaN/inf: after each optimizer update, the weights must be finite and the update's relative
+    size ‖θ_after − θ_before‖ / ‖θ_before‖ (over all trainable parameters) at most ``max_ratio`` (``None``: no
+    bound, and no copy of the weights is kept). With lr 1e6 the tiny model's first update is ~10^7 times its weights
+    while the loss stays finite and the gradient norm goes to 0: only this catches it."""
+
+    def __init__(self, params, max_ratio: float | None):
+        self.params = [p for p in params if p.requires_grad]
+        self.max_ratio = max_ratio
+        self.before_step = None if max_ratio is None else [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        if self.before_step is not None:
+            for b, p in zip(self.before_step, self.params):
+                b.copy_(p.detach())
+
+    @torch.no_grad()
+    def check(self, step: int) -> None:
+        norm = _global_norm(p.detach() for p in self.params)
+        if not math.isfinite(norm):
+            raise TrainingDiverged(step, "weights")
+        if self.before_step is None:
+            return
+        before = _global_norm(self.before_step)
+        delta = _global_norm(p.detach() - b for p, b in zip(self.params, self.before_step))
+        ratio = delta / max(before, 1e-12)
+        if not ratio <= self.max_ratio:
+            raise TrainingDiverged(step, "update", f"an optimizer update of {ratio:.3g} × the weights' norm "
+                                                   f"(train.max_update_ratio = {self.max_ratio})")
 
 
 @dataclass
@@ -607,7 +646,8 @@ def train(
         reward_fn: ``fn(responses, golds) -> rewards`` used instead of the ``RewardScorer``, for tests and
             experiments (e.g. a synthetic reward the tiny random model can earn).
 
-    Returns ``TrainResult``. Raises ``TrainingDiverged`` on a NaN/inf loss or gradient norm.
+    Returns ``TrainResult``. Raises ``TrainingDiverged`` on a NaN/inf loss, gradient norm or weights, or an update
+    larger than ``cfg.max_update_ratio`` times the weights.
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object
@@ -643,6 +683,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model = accelerator.unwrap_model(model)
+    guard = _UpdateGuard(model.parameters(), cfg.max_update_ratio)
 
     # Resume from the latest complete checkpoint: weights, optimizer, scheduler, RNG and the rows so far.
     run_config = _run_config(cfg, variant_name, variant, model_cfg)
@@ -674,7 +715,7 @@ def train(
         return accelerator.reduce(t, reduction="sum").tolist()
 
     scorer_cm = (contextlib.nullcontext() if reward_fn is not None else
-                 RewardScorer(timeout_s=reward_cfg.timeout_s, workers=reward_cfg.workers, fallback=reward_cfg.fallback))
+                 RewardScorer.from_config(reward_cfg))
     with scorer_cm as scorer:
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
@@ -703,7 +744,8 @@ def train(
                 if reward_fn is not None:
                     rewards = [float(r) for r in reward_fn(texts, golds)]
                 else:
-                    rewards = [float(r.reward) for r in scorer.score(texts, golds)]
+                    rewards = [float(r.reward) for r in scorer.score(
+                        texts, golds, truncated=[s.finish_reason == "length" for s in samples])]
                 if len(rewards) != len(samples):
                     raise ValueError(f"reward function returned {len(rewards)} rewards for {len(samples)} responses")
 
@@ -758,7 +800,9 @@ def train(
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     if not torch.isfinite(torch.as_tensor(grad_norm)):
                         raise TrainingDiverged(step, "gradient norm")
+                    guard.snapshot()
                     optimizer.step()
+                    guard.check(step)
                     optimizer.zero_grad(set_to_none=True)
                     for k in ("loss", "tokens", "clipped", "approx_kl"):
                         upd[k] += stats[k]

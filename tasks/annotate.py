@@ -60,8 +60,7 @@ def _annotate(params: Params, staged: StageOutputs):
     stats = quadrant_summary(flat, labels, grad)
 
     policy = load_base_policy(params)
-    with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
-                      fallback=params.reward.fallback) as scorer:
+    with RewardScorer.from_config(params.reward) as scorer:
         probes = cmi_probe(policy.model, policy.tokenizer, cols["prompt_ids"], cols["response_ids"], cols["answer"],
                            flat, scorer, positions=cfg.cmi.positions, k=cfg.cmi.k, m=cfg.cmi.m,
                            max_new_tokens=cfg.cmi.max_new_tokens, n_boot=cfg.cmi.bootstrap, ci=cfg.cmi.ci,

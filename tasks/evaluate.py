@@ -112,8 +112,7 @@ def _evaluate(params: Params, name: str, seed: int | None, ckpt: Path | None, st
     sets = datasets(params)
     policy = load_model(params, name, seed)
     rows: list[dict] = []
-    with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
-                      fallback=params.reward.fallback) as scorer:
+    with RewardScorer.from_config(params.reward) as scorer:
         for ds, prompts in sets.items():
             texts, golds = [p["prompt"] for p in prompts], [p["answer"] for p in prompts]
             if cfg.greedy:

@@ -52,8 +52,7 @@ def rollout_task(params: Params) -> dict:
     with StageOutputs("rollout", [params.paths.rollouts, params.paths.rollout_metrics]) as staged:
         prompts = first_prompts(params.paths.prompts_train, cfg.num_prompts)
         policy = load_base_policy(params)
-        with RewardScorer(timeout_s=params.reward.timeout_s, workers=params.reward.workers,
-                          fallback=params.reward.fallback) as scorer:
+        with RewardScorer.from_config(params.reward) as scorer:
             scored, stats = sample_and_score(policy, [p["prompt"] for p in prompts],
                                              [p["answer"] for p in prompts], cfg, params.model, scorer,
                                              n=cfg.group_size, seed=cfg.seed)

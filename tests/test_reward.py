@@ -16,6 +16,7 @@ import pytest
 
 from eapo.reward import (
     FALLBACKS,
+    STALL_GRACE_S,
     Extraction,
     RewardResult,
     RewardScorer,
@@ -38,7 +39,7 @@ def scorer():
         yield s
 
 
-# -- extraction ---------------------------------------------------------------------------------------------------------
+# -- extraction ------------------------------------------------------------------------------------------------------
 
 
 def test_last_boxed_wins_and_nested_braces():
@@ -70,9 +71,9 @@ def test_answer_is_and_last_number_fallbacks():
     assert extract_answer("The temperature drops to -7 degrees") == Extraction("-7", "last_number")
     assert extract_answer("It costs 12.75 dollars") == Extraction("12.75", "last_number")
     assert extract_answer("She ate 3/4 of it") == Extraction("3/4", "last_number")
-    assert extract_answer("10 - 3 = 7 and 5-2") == Extraction(
-        "2", "last_number"
-    )  # binary minus is not a sign
+    # the final sentence states no single answer: after its last "=" comes an expression (binary minus, not a sign)
+    assert extract_answer("10 - 3 = 7 and 5-2") == Extraction(None, "none")
+    assert extract_answer("So 10 - 3 = 7") == Extraction("7", "last_number")
     # answer_is only: a bare number is not taken
     assert extract_answer("It costs 12 dollars", fallback="answer_is") == Extraction(None, "none")
 
@@ -144,7 +145,7 @@ def test_benchmark_formats_correct_and_wrong(scorer):
 
 def test_reward_hacking_restated_question_scores_zero(scorer):
     r = scorer.score_one("26 * 11", "286")
-    assert r.reward == 0.0 and r.extracted == "11" and r.method == "last_number"
+    assert r.reward == 0.0 and r.extracted is None and r.failure == "no_answer"  # two numbers: no final answer
     # a boxed unevaluated expression for a numeric gold is refused too (math-verify alone would say 286 == 26*11)
     r = scorer.score_one(r"\boxed{26 \times 11}", "286")
     assert r.reward == 0.0 and r.failure == "unevaluated_expression"
@@ -185,7 +186,7 @@ def test_pathological_batch_completes_with_reasons(scorer, caplog):
     assert "timeout" in caplog.text and "too_long" in caplog.text and "invalid_utf8" in caplog.text
     # the pool recovered: the killed worker was replaced and still scores
     assert scorer.score_one(r"\boxed{\sqrt{12}}", r"2\sqrt{3}").reward == 1.0
-    assert len(scorer.worker_pids) == 2
+    assert _wait_for(lambda: len(scorer.worker_pids) == 2)  # pebble replaces a killed worker in the background
 
 
 def test_long_response_with_answer_at_end_and_bad_bytes_still_scored(scorer):
@@ -219,8 +220,63 @@ def test_scoring_from_a_thread(scorer):
     assert out and out[0][0].reward == 1.0
 
 
-def test_worker_crash_is_reported_and_replaced(scorer):
-    pids = scorer.start().worker_pids  # both workers ready: each takes one job at once
+def _wait_for(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _kill_workers_repeatedly(scorer, stop: threading.Event, every: float = 0.3) -> set[int]:
+    """Kill every worker of the pool each `every` seconds until `stop` is set; returns the pids killed."""
+    killed: set[int] = set()
+    while not stop.wait(every):
+        for pid in scorer.worker_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def test_item_whose_worker_keeps_dying_is_retried_once_then_reported(scorer):
+    """A worker killed under an item is not the item's fault the first time: it is retried once. Killed again, the
+    item gets worker_crashed; the killed workers are replaced and reaped, and the pool still scores."""
+    scorer.start()
+    stop, killed = threading.Event(), set()
+    th = threading.Thread(target=lambda: killed.update(_kill_workers_repeatedly(scorer, stop)))
+    th.start()
+    try:
+        t0 = time.perf_counter()
+        results = scorer.score([r"\boxed{100000000!}", r"\boxed{200000000!}"], ["1", "2"])  # both hang
+        wall = time.perf_counter() - t0
+    finally:
+        stop.set()
+        th.join()
+    assert [r.failure for r in results] == ["worker_crashed", "worker_crashed"]
+    assert [r.reward for r in results] == [0.0, 0.0]
+    # died twice (kills every 0.3 s); at worst a pool wedged by a kill inside pebble's channel lock is replaced
+    assert wall < TIMEOUT_S + STALL_GRACE_S + 2.0, wall
+    assert scorer.score_one(r"\boxed{\frac{2}{4}}", r"\frac12").reward == 1.0
+    assert killed and not killed & set(scorer.worker_pids)
+    for pid in killed:  # killed and reaped (a zombie would still accept signal 0)
+        assert _wait_for(lambda pid=pid: not _alive(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_worker_killed_once_under_an_item_retries_it(scorer):
+    """One death is retried: the hanging item then ends by its own timeout, not as worker_crashed."""
+    pids = scorer.start().worker_pids
 
     def killer():
         time.sleep(0.5)
@@ -234,13 +290,21 @@ def test_worker_crash_is_reported_and_replaced(scorer):
     th.start()
     results = scorer.score([r"\boxed{100000000!}", r"\boxed{200000000!}"], ["1", "2"])  # both hang
     th.join()
-    assert [r.failure for r in results] == ["worker_crashed", "worker_crashed"]
-    assert [r.reward for r in results] == [0.0, 0.0]
-    assert scorer.score_one(r"\boxed{\frac{2}{4}}", r"\frac12").reward == 1.0
+    assert [r.failure for r in results] == ["timeout", "timeout"]
     assert not set(pids) & set(scorer.worker_pids)
-    for pid in pids:  # killed and reaped (a zombie would still accept signal 0)
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+
+
+def test_worker_that_died_idle_costs_no_item(scorer):
+    """Issue 12: a worker killed while idle made the next correct answer score 0 as worker_crashed. With pebble,
+    all workers dying idle marks the pool broken ("All workers expired"): the scorer replaces it, and the items
+    are graded normally."""
+    pids = scorer.start().worker_pids
+    assert len(pids) == 2
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert _wait_for(lambda: not any(_alive(p) for p in pids))
+    results = scorer.score([r"\boxed{\sqrt{12}}", r"\boxed{\frac{3}{6}}"], [r"2\sqrt{3}", r"\frac12"])
+    assert [(r.reward, r.failure) for r in results] == [(1.0, None), (1.0, None)]
 
 
 def test_close_terminates_workers_no_zombies():
@@ -263,7 +327,9 @@ def test_close_terminates_workers_no_zombies():
         s.score(["1"], ["1"])
 
 
-def test_score_one_fast_path_starts_no_worker():
+def test_score_one_leaves_no_worker_behind():
+    """score_one without a scorer grades in a temporary one-worker pool (extraction runs under the timeout too)
+    and closes it before returning."""
     before = {p.pid for p in multiprocessing.active_children()}
     assert score_one("The answer is 1,234.", "#### 1,234") == RewardResult(1.0, "1234", "answer_is", None)
     assert score_one("nothing here", "3", fallback="none").failure == "no_answer"

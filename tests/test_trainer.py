@@ -457,3 +457,64 @@ def test_kl_to_reference(base, prompts, tmp_path):
     assert kl.steps[1]["loss"] != plain.steps[1]["loss"]
     w_plain, w_kl = load_weights(base, plain.model_dir), load_weights(base, kl.model_dir)
     assert any(not torch.equal(w_plain[k], w_kl[k]) for k in w_plain)
+
+
+def test_explosion_without_nan_stops_at_step_0_and_keeps_last_checkpoint(base, prompts, tmp_path):
+    """Issue 12: with lr 1e6 every step completed with exit 0 (weights ~5e6, gradient norm 0 from step 1) because
+    only NaN/inf was checked. The update-size guard stops at the first update, naming the step; no checkpoint of
+    the exploded weights is written. Without the bound the same run completes: the loss never goes NaN."""
+    cfg = dataclasses.replace(CFG, lr=1e6, steps=2, checkpoint_every=1, minibatches=1)
+    done: list[int] = []
+    diverged = r"step 0: an optimizer update of .* the weights.*max_update_ratio = 1.0"
+    with pytest.raises(TrainingDiverged, match=diverged) as info:
+        run(base, prompts, tmp_path / "guarded", cfg=cfg, on_step=lambda row: done.append(row["step"]))
+    assert info.value.step == 0 and info.value.what == "update" and done == []
+    assert not (tmp_path / "guarded" / "checkpoints").exists() or not any(
+        (tmp_path / "guarded" / "checkpoints").iterdir())
+    res = run(base, prompts, tmp_path / "unguarded", cfg=dataclasses.replace(cfg, max_update_ratio=None))
+    assert [r["step"] for r in res.steps] == [0, 1] and all(math.isfinite(r["loss"]) for r in res.steps)
+    w = load_weights(base, res.model_dir)
+    assert max(float(t.abs().max()) for t in w.values()) > 1e3  # exploded, silently
+
+
+def test_explosion_after_a_good_step_keeps_that_checkpoint(base, prompts, tmp_path, monkeypatch):
+    """A healthy step 0 (checkpointed), then an update far larger than the weights at step 1: the run stops at
+    step 1 and the step-0 checkpoint is the one on disk, with the pre-explosion weights."""
+    real_step = torch.optim.AdamW.step
+    calls: list[int] = []
+
+    def exploding_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) > 1:  # the second optimizer update (step 1, one minibatch per step) blows up, finitely
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.mul_(1e4)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", exploding_step)
+    cfg = dataclasses.replace(CFG, steps=3, checkpoint_every=1, minibatches=1)
+    with pytest.raises(TrainingDiverged, match="step 1") as info:
+        run(base, prompts, tmp_path, cfg=cfg)
+    assert info.value.step == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000"]
+    model = copy.deepcopy(base.model)
+    checkpoint.load(tmp_path / "checkpoints" / "step-00000", model=model, restore_rng=False)
+    assert max(float(p.abs().max()) for p in model.parameters()) < 100
+
+
+def test_non_finite_weights_stop_the_run(base, prompts, tmp_path, monkeypatch):
+    real_step = torch.optim.AdamW.step
+
+    def inf_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", inf_step)
+    cfg = dataclasses.replace(CFG, steps=1, max_update_ratio=None)
+    with pytest.raises(TrainingDiverged, match="step 0: non-finite weights") as info:
+        run(base, prompts, tmp_path, cfg=cfg)
+    assert info.value.what == "weights"

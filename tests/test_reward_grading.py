@@ -1,0 +1,283 @@
+"""Grading cases of issues 12 and 16, independent of ../shared: what a careful human (and each benchmark's own
+grader; math-verify's documented behaviour is the reference) counts right, and what must stay 0.
+
+Most cases run `grade` in process (the function the pool's workers run), so the table is fast; a few go through a
+`RewardScorer` to check the pool path and the truncation rule."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from eapo.reward import (
+    Extraction,
+    GradeOptions,
+    RewardResult,
+    RewardScorer,
+    clean_text,
+    extract_answer,
+    grade,
+    normalize_gold,
+    parse_number,
+)
+
+# (response, gold): each must score 1.
+MUST_BE_1 = [
+    # issue 12: percentages (math-verify: 9% == 9, and 25% == 0.25)
+    (r"So the discount is \boxed{25\%}", "25"),
+    (r"\boxed{25\%}", "0.25"),
+    ("The answer is 40%.", "40"),
+    (r"\boxed{25}", r"25\%"),
+    # issue 12: scientific notation, plain and LaTeX
+    (r"\boxed{1e3}", "1000"),
+    (r"\boxed{1.0E3}", "1000"),
+    ("The answer is 2.5e-3.", "0.0025"),
+    (r"\boxed{5.2\times10^{3}}", "5200"),
+    (r"\boxed{5.2 \cdot 10^3}", "5200"),
+    ("So the distance is 3 \\times 10^{8}.", "300000000"),
+    # issue 12: trailing units and currency words
+    ("The answer is 12 dollars", "12"),
+    ("The answer is 12 dollars.", "#### 12"),
+    (r"\boxed{12\text{ cm}}", "12"),
+    ("Final answer: 7 apples", "7"),
+    ("The answer is $18.90.", "18.9"),
+    (r"\boxed{\$18.90}", r"\$18.90"),
+    # issue 12: the last "= value" of a final answer sentence
+    ("The answer is 26*11 = 286.", "286"),
+    (r"\boxed{26 \times 11 = 286}", "286"),
+    ("Janet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = $18 every day.", "#### 18"),
+    # issue 12: thousands separators in the usual forms
+    (r"\boxed{1{,}200}", "1200"),
+    (r"\boxed{1\,200}", "1,200"),
+    (r"\boxed{1\!200}", "1200"),
+    ("The answer is 1\u00a0200.", "1200"),
+    ("The answer is 1,200.", "#### 1200"),
+    (r"\boxed{1,234,567}", "1234567"),
+    # issue 12: stray control characters and null bytes
+    ("The answer is \x00286.", "286"),
+    ("\\boxed{2\x0086}", "286"),
+    ("The answer\x07 is 286\r\n", "286"),
+    # issue 16: golds "#### 120", "1,200", "100.0"; signs; trailing punctuation; prose after "answer is"
+    ("The answer is 120.", "She has 120 left.\n#### 120"),
+    (r"\boxed{1200}", "1,200"),
+    (r"\boxed{100}", "100.0"),
+    ("The answer is -5.", "-5"),
+    ("The answer is \u22125.", "-5"),  # Unicode minus
+    ("The answer is 42,", "42"),
+    ("The answer is 42;", "42"),
+    ("The answer is: 42:", "42"),
+    ("The answer is 42!", "42"),
+    ("The answer is 42, which is the total number of apples.", "42"),
+    ("The answer is 42 apples in total.", "42"),
+    # GSM8K-style last line, a final sentence with one number
+    ("First 3 + 4 = 7.\nSo she has 1,234 apples in total.", "#### 1,234"),
+    # MATH500-style (math-verify)
+    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
+    (r"\boxed{\dfrac{1}{2}}", r"\frac12"),
+    (r"\boxed{(3, -1)}", "(3,-1)"),
+    (r"\boxed{x = 5}", "5"),
+    (r"\boxed{5x - 7y + 11z + 4 = 0}", "5x - 7y + 11z + 4 = 0"),  # an equation is the answer, not its "= 0"
+    (r"\boxed{0.5}", r"\frac{1}{2}"),
+    # AMC/AIME-style: integer answers with leading zeros, float golds
+    (r"\boxed{033}", "33"),
+    (r"\boxed{33}", 33),
+    ("They meet after 27 miles.", 27.0),
+]
+
+# (response, gold): each must score 0 (wrong answers and reward hacks).
+MUST_BE_0 = [
+    # issue 16: "-5" against "5", 120 vs 12, sign and magnitude
+    (r"\boxed{-5}", "5"),
+    ("The answer is 5.", "-5"),
+    (r"\boxed{12}", "#### 120"),
+    (r"\boxed{120}", "12"),
+    (r"\boxed{1,20}", "120"),
+    (r"\boxed{100.5}", "100.0"),
+    # percentages and scientific notation that are wrong
+    (r"\boxed{25\%}", "2.5"),
+    (r"\boxed{25}", "0.25"),
+    ("The answer is 5%.", "0.5"),
+    (r"\boxed{1e4}", "1000"),
+    (r"\boxed{5.2\times10^{2}}", "5200"),
+    ("The answer is 12 dollars", "13"),
+    # restating the question: an unevaluated expression is not the number
+    ("26 * 11", "286"),
+    (r"\boxed{26 \times 11}", "286"),
+    ("The answer is 26 \\times 11.", "286"),
+    ("The answer is 286 - 1.", "286"),
+    # several candidate answers
+    ("The answer is 5 or 6.", "5"),
+    ("The answer is 3, 4, 5.", "5"),
+    (r"\boxed{3, 4, 5}", "5"),
+    (r"\boxed{\{3,4,5\}}", "4"),
+    ("It is 3, 4 or 5.", "5"),
+    # an expression that merely contains the gold
+    (r"\boxed{2860}", "286"),
+    (r"\boxed{286x}", "286"),
+    ("The answer is 5x.", "5"),
+    ("So it is 5x.", "5"),
+    (r"\boxed{10^{286}}", "286"),
+    (r"\boxed{5!}", "5"),  # a factorial, not "5" with an exclamation mark
+    ("So 2x + 3 = 5.", "5"),  # an equation in x, whose right side happens to be the gold
+    (r"\boxed{2x + 3 = 5}", "5"),
+    ("The answer is 2x + 3 = 5.", "5"),
+    (r"\boxed{5x - 7y + 11z + 4 = 0}", "0"),
+    # noise: a run-on final "sentence" whose only number is the gold, an incoherent final line
+    ("the cat " * 40 + "sat on 286 mats and then the dog " * 3, "286"),
+    ("blah 286 blah 3 blah 286", "286"),
+    # a null byte does not join two numbers into the gold
+    ("\\boxed{2\x0085}", "286"),
+    # benchmark formats
+    ("She makes 9 * 2 = $18 every day.", "#### 19"),
+    (r"\boxed{33}", "330"),
+    (r"\boxed{\frac{\sqrt{3}}{3}}", r"\frac{\sqrt{3}}{2}"),
+    (r"\boxed{(3,1)}", "(3,-1)"),
+    ("They meet after 26 miles.", 27.0),
+    # near misses of the must-be-1 forms
+    (r"So the discount is \boxed{25\%}", "26"),
+    ("The answer is 40%.", "4"),
+    (r"\boxed{1.0E3}", "100"),
+    ("The answer is 2.5e-3.", "0.025"),
+    (r"\boxed{5.2 \cdot 10^3}", "520"),
+    ("So the distance is 3 \\times 10^{8}.", "30000000"),
+    (r"\boxed{12\text{ cm}}", "120"),
+    ("Final answer: 7 apples", "17"),
+    ("The answer is $18.90.", "18.09"),
+    ("The answer is 26*11 = 285.", "286"),
+    (r"\boxed{1{,}200}", "12"),
+    ("The answer is 1,200.", "#### 1.2"),
+    ("The answer is \x00285.", "286"),
+    ("The answer is 42, which is the total number of apples.", "420"),
+    ("The answer is -5.", "5"),
+    (r"\boxed{\dfrac{1}{2}}", r"\frac13"),
+    (r"\boxed{x = 6}", "5"),
+    (r"\boxed{033}", "3"),
+]
+
+
+def test_at_least_as_many_must_be_zero_cases_as_must_be_one():
+    assert len(MUST_BE_0) >= len(MUST_BE_1)
+
+
+@pytest.mark.parametrize(("response", "gold"), MUST_BE_1)
+def test_must_be_1(response, gold):
+    reward, extracted, method, failure = grade(response, gold)
+    assert (reward, failure) == (1.0, None), (response, gold, extracted, method, failure)
+
+
+@pytest.mark.parametrize(("response", "gold"), MUST_BE_0)
+def test_must_be_0(response, gold):
+    reward, extracted, method, failure = grade(response, gold)
+    assert reward == 0.0, (response, gold, extracted, method, failure)
+
+
+def test_hacks_are_zero_for_the_right_reason():
+    assert grade(r"\boxed{26 \times 11}", "286")[3] == "unevaluated_expression"
+    assert grade("26 * 11", "286")[1:] == (None, "none", "no_answer")  # two numbers: no readable final answer
+    assert grade("It is 3, 4 or 5.", "5")[3] == "no_answer"
+
+
+# -- parse_number and normalize_gold -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value", "percent"), [
+    ("1,200", "1200", False), ("1{,}200", "1200", False), ("1\\,200", "1200", False), ("100.0", "100", False),
+    ("-5", "-5", False), ("25\\%", "25", True), ("25 percent", "25", True), ("1e3", "1000", False),
+    ("2.5E-3", "0.0025", False), ("5.2\\times10^{3}", "5200", False), ("10^{3}", "1000", False),
+    ("$18.90", "18.9", False), ("12 \\text{ dollars}", "12", False), ("3 apples each", "3", False),
+])
+def test_parse_number_reads(text, value, percent):
+    num = parse_number(text)
+    assert num is not None and num.value == parse_number(value).value and num.percent is percent, (text, num)
+
+
+@pytest.mark.parametrize("text", ["1,20", "1 234", "5 or six", "5x", "5 pi", "3/4", "x", "", "1e999999",
+                                  "10^{99999999}", "2^{10}", "(C)"])
+def test_parse_number_refuses(text):
+    assert parse_number(text) is None, text
+
+
+def test_normalize_gold_forms():
+    assert normalize_gold("#### 120") == "120"  # not "12": a regression of issue 16
+    assert normalize_gold("1,200") == "1200"
+    assert normalize_gold("100.0") == "100"
+    assert normalize_gold(100.0) == "100"
+    assert normalize_gold("-5") == "-5"
+    assert normalize_gold(r"25\%") == "25%"
+    assert normalize_gold("1e3") == "1000"
+    assert normalize_gold("1\x00 2") == "1 2"  # a null byte dropped; not a number
+    assert normalize_gold(r"\frac{3}{4}") == r"\frac{3}{4}"
+
+
+def test_clean_text_drops_controls_keeps_layout():
+    assert clean_text("a\x00b\x07c\r\nd\te\u2212") == "abc\n\nd\te-"
+
+
+# -- the last-number fallback only where a final answer can be read --------------------------------------------------
+
+
+def test_last_number_only_from_the_final_sentence_of_a_response_that_ended():
+    text = "We add 3 and 4 to get 7. So the answer must be 7"
+    assert extract_answer(text) == Extraction("7", "last_number")
+    assert extract_answer(text, ended=False) == Extraction(None, "none")  # cut at the token limit
+    assert extract_answer(text, fallback="answer_is") == Extraction(None, "none")
+    # a final sentence with several numbers and no "=" has no readable answer
+    assert extract_answer("I think 7, or maybe 8") == Extraction(None, "none")
+    # the number before the last sentence is not the answer
+    assert extract_answer("The total is 7. Let me check again") == Extraction(None, "none")
+    # boxed and "answer is" still work for a cut response
+    assert extract_answer(r"\boxed{7} and then we", ended=False) == Extraction("7", "boxed")
+    assert extract_answer("The answer is 7. Then", ended=False) == Extraction("7", "answer_is")
+
+
+def test_truncated_response_scores_zero_by_default_and_is_configurable():
+    responses = ["Adding them we get 286", "Adding them we get 286", r"\boxed{286} and then the next"]
+    with RewardScorer(timeout_s=5.0, workers=1) as scorer:
+        got = scorer.score(responses, ["286"] * 3, truncated=[True, False, True])
+    assert got[0] == RewardResult(0.0, None, "none", "truncated")
+    assert got[1] == RewardResult(1.0, "286", "last_number", None)
+    assert got[2] == RewardResult(0.0, None, "none", "truncated")
+    with RewardScorer(timeout_s=5.0, workers=1, score_truncated=True) as scorer:
+        got = scorer.score(responses, ["286"] * 3, truncated=[True, False, True])
+    assert got[0] == RewardResult(0.0, None, "none", "no_answer")  # graded, but not by the last number
+    assert got[1].reward == 1.0
+    assert got[2] == RewardResult(1.0, "286", "boxed", None)
+
+
+def test_from_config_passes_score_truncated():
+    from eapo.config import RewardConfig
+
+    scorer = RewardScorer.from_config(RewardConfig(score_truncated=True, timeout_s=3.0, workers=1))
+    try:
+        assert (scorer.score_truncated, scorer.timeout_s, scorer.workers) == (True, 3.0, 1)
+    finally:
+        scorer.close()
+    assert RewardConfig().score_truncated is False
+
+
+# -- no super-linear regex on response text ---------------------------------------------------------------------------
+
+ADVERSARIAL = {
+    "answer_is_repeated": "answer is " * 2000,
+    "answer_colon_repeated": "answer:" * 2850,
+    "answer_is_then_words": "the answer is " + "x " * 10000,
+    "answer_then_spaces": ("answer" + " " * 200) * 95,
+    "comma_digit_chain": "1," * 10000,
+    "thousands_chain_bad_tail": "1" + ",000" * 4999 + "0",
+    "open_exponents": "\\boxed{" + "^{9" * 3000 + "}",
+    "digit_then_spaces": ("1" + " " * 50) * 400,
+    "sentences_of_digits": "1. " * 6600,
+    "equals_chain": "= 1 " * 5000,
+    "percent_chain": "1% " * 6600,
+    "sci_chain": "1e" * 10000,
+    "times_chain": "\\times 10^" * 2000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_extraction_is_linear_on_crafted_20k_responses(name):
+    text = ADVERSARIAL[name][:20000]
+    t0 = time.perf_counter()
+    grade(text, "1", GradeOptions(), ended=True)
+    assert time.perf_counter() - t0 < 0.5, name

@@ -1,0 +1,54 @@
+"""The reward pool under load (issue 12): extraction runs under the per-item timeout, and a batch with 10% items
+that hang finishes within timeout_s × (hanging items / workers) plus a small overhead. The 1,000-response version
+of the batch check is benchmarks/bench_reward_pool.py (about a minute; too slow for the suite)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from eapo.reward import RewardScorer, grade
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_reward_pool import adversarial_batch  # noqa: E402
+
+# pebble checks deadlines every 0.1 s, then kills the worker and forks a warm replacement from the fork server; the
+# replacement's start-up is scheduling latency: 0.3-0.7 s of lost worker time per killed item measured on this
+# 2-core machine at load average 10-11 (six engineers), far less on an idle one.
+KILL_OVERHEAD_S = 0.6
+CONSTANT_S = 3.0
+
+
+def test_extraction_runs_under_the_per_item_timeout():
+    """Issue 12: extraction ran in the calling process, outside the timeout (8 crafted responses took 24 s with
+    timeout_s=1). A response whose extraction alone takes seconds now ends as "timeout" after timeout_s."""
+    text = "the answer: is not this one " * 70_000 + "so 7"  # 2M characters, every candidate refused
+    t0 = time.perf_counter()
+    grade(text[: len(text) // 10], "7")
+    tenth = time.perf_counter() - t0
+    timeout_s = 0.5
+    assert tenth * 10 > 2 * timeout_s, tenth  # in process, the whole text takes several timeouts
+    with RewardScorer(timeout_s=timeout_s, workers=1, max_chars=len(text)) as scorer:
+        scorer.start()
+        t0 = time.perf_counter()
+        results = scorer.score([text, r"\boxed{7}"], ["7", "7"])
+        wall = time.perf_counter() - t0
+    assert [(r.reward, r.failure) for r in results] == [(0.0, "timeout"), (1.0, None)]
+    assert wall < timeout_s + 2.0, wall
+
+
+def test_batch_with_ten_percent_hanging_items_finishes_within_the_timeout_budget():
+    n, timeout_s, workers = 200, 0.5, 2
+    responses, golds, adv = adversarial_batch(n, 0.1)
+    n_adv = sum(adv)
+    assert n_adv == n // 10
+    with RewardScorer(timeout_s=timeout_s, workers=workers) as scorer:
+        scorer.start()
+        t0 = time.perf_counter()
+        results = scorer.score(responses, golds)
+        wall = time.perf_counter() - t0
+    budget = (timeout_s + KILL_OVERHEAD_S) * n_adv / workers + CONSTANT_S
+    assert wall < budget, (wall, budget)
+    assert all(r.failure == "timeout" for r, a in zip(results, adv) if a)
+    assert all((r.reward, r.failure) == (1.0, None) for r, a in zip(results, adv) if not a)
