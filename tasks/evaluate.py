@@ -19,6 +19,7 @@ from eapo.config import Params
 from eapo.contracts import write_artifact
 from eapo.data import read_records
 from eapo.evaluation import SAMPLE_COLUMNS, compute_metrics, metrics_rows, sample_rows
+from eapo.layout import BASE, metrics_path, samples_path, train_paths
 from eapo.lineage import make_lineage, write_json_artifact
 from eapo.policy import load_policy, set_threads
 from eapo.reward import RewardScorer
@@ -28,22 +29,7 @@ from tasks.publish import markdown_table, publish_markdown, publish_table, recor
 from tasks.rollout import first_prompts, load_base_policy
 
 PARAMS_KEYS = ("model", "evaluate", "reward")
-BASE = "base"
 TEST = "test"
-
-
-def model_dir(params: Params, name: str, seed: int) -> Path:
-    return Path(params.paths.train_dir) / name / f"seed{seed}" / "model"
-
-
-def samples_path(params: Params, name: str, seed: int | None = None) -> Path:
-    root = Path(params.paths.evaluate_dir) / name
-    return (root if seed is None else root / f"seed{seed}") / "samples.parquet"
-
-
-def metrics_path(params: Params, name: str, seed: int | None = None) -> Path:
-    root = Path(params.paths.metrics_dir)
-    return root / f"{name}.json" if seed is None else root / name / f"seed{seed}.json"
 
 
 def check_name(params: Params, name: str, seed: int | None = None) -> Path | None:
@@ -60,7 +46,7 @@ def check_name(params: Params, name: str, seed: int | None = None) -> Path | Non
         seed = params.study.seeds[0]
     if seed not in params.study.seeds:
         raise ValueError(f"seed {seed} is not in study.seeds {list(params.study.seeds)}")
-    path = model_dir(params, name, seed)
+    path = train_paths(params, name, seed)["model"]
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no trained checkpoint for variant {name!r} seed {seed} "
                                 f"(run `dvc repro train@{name}-{seed}`)")

@@ -14,12 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from eapo import plots
 from eapo.config import Params
 from eapo.contracts import read_artifact
+from eapo.layout import BASE, metrics_path, samples_path, train_paths
 from eapo.lineage import make_lineage, read_lineage, write_json_artifact, write_sidecar
 from eapo.report import Boot, ReportInputs, build_report
 from eapo.stageio import StageOutputs, atomic_file
-from tasks.evaluate import BASE, metrics_path, samples_path
 from tasks.publish import publish_links, publish_markdown, publish_table, record_assets
-from tasks.train import variant_paths
 
 PARAMS_KEYS = ("report", "study")
 PNG_FILES = ("reward_curves.png", "entropy_curves.png", "accuracy.png", "quadrant_shares.png")
@@ -27,7 +26,7 @@ DATA_FILES = ("curves.csv", "accuracy.csv", "summary.json")
 
 
 def steps_path(params: Params, variant: str, seed: int) -> Path:
-    return variant_paths(params, variant, seed)["steps"]
+    return train_paths(params, variant, seed)["steps"]
 
 
 def required_inputs(params: Params) -> dict[str, Path]:

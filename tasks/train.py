@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from eapo.config import Params, params_hash
 from eapo.contracts import read_artifact, write_artifact
+from eapo.layout import train_paths
 from eapo.lineage import make_lineage, write_sidecar
 from eapo.sampler import Sample
 from eapo.stageio import StageOutputs
@@ -25,16 +26,6 @@ SAMPLING_KEYS = ("group_size", "temperature", "top_p", "max_new_tokens")
 
 def params_keys(variant: str) -> tuple[str, ...]:
     return ("model", "train", "reward", f"variants.{variant}")
-
-
-def replicate_dir(params: Params, variant: str, seed: int) -> Path:
-    """`<train_dir>/<variant>/seed<seed>`: one replicate's checkpoint, steps and curves."""
-    return Path(params.paths.train_dir) / variant / f"seed{seed}"
-
-
-def variant_paths(params: Params, variant: str, seed: int) -> dict[str, Path]:
-    root = replicate_dir(params, variant, seed)
-    return {"root": root, "model": root / "model", "steps": root / "steps.parquet", "curves": root / "curves.csv"}
 
 
 def replicate_seed(params: Params, seed: int) -> int:
@@ -74,7 +65,7 @@ def train_task(params: Params, variant: str, seed: int = 0) -> dict:
     """Train `variant` as study replicate `seed` (trainer seed `train.seed + seed`)."""
     if variant not in params.variants:
         raise ValueError(f"unknown variant {variant!r}; defined in params.yaml variants: {sorted(params.variants)}")
-    paths = variant_paths(params, variant, seed)
+    paths = train_paths(params, variant, seed)
     effective_seed = replicate_seed(params, seed)
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=effective_seed))
     # The model, the steps table and the curves are replaced together, or none is; a second run of this replicate

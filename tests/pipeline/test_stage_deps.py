@@ -29,6 +29,16 @@ def test_stage_deps_cover_the_code_it_imports(name):
     assert not uncovered, f"dvc.yaml stage {name!r} ({entry}) imports but does not list as deps: {uncovered}"
 
 
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_code_deps_are_only_the_code_it_imports(name):
+    """Over-listed code deps rerun a stage for edits it cannot see (the report rerunning after a sampler change)."""
+    m = re.match(r"python -m (flows\.\w+)", STAGES[name]["cmd"])
+    closure = [str(f) for f in import_closure(m.group(1).replace(".", "/") + ".py", ROOT)]
+    code = [d for d in STAGES[name].get("deps", []) if "${" not in d]
+    extra = [d for d in code if not any(f == d or f.startswith(d.rstrip("/") + "/") for f in closure)]
+    assert not extra, f"dvc.yaml stage {name!r} lists code deps it does not import: {extra}"
+
+
 def test_closure_follows_imports_inside_functions_and_packages(tmp_path):
     """The checker itself: a lazy import inside a function and a package's __init__ count; other packages do not."""
     for rel, text in {
