@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from eapo.config import load_params
+import argparse
+
+from eapo.config import ConfigError, Params, load_params
 from flows.stage import run_stage
 from tasks.train import train_task
 
@@ -16,5 +18,17 @@ def train_flow(variant: str, params_path: str = "params.yaml", overrides: dict |
     return train_task(load_params(params_path, overrides), variant)
 
 
+def check_variant(params: Params, args: argparse.Namespace) -> None:
+    """`--variant` must be a key of `variants` in the params file."""
+    if args.variant not in params.variants:
+        raise ConfigError(f"--variant: unknown variant {args.variant!r} (defined in variants: "
+                          f"{', '.join(params.variants)})")
+
+
+def main(argv: list[str] | None = None):
+    return run_stage(train_flow, argv, check=check_variant,
+                     variant=lambda p: p.add_argument("--variant", required=True, help="a key of variants"))
+
+
 if __name__ == "__main__":
-    run_stage(train_flow, variant=lambda p: p.add_argument("--variant", required=True, help="a key of variants"))
+    main()
