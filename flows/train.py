@@ -4,9 +4,9 @@ On a GPU box: `accelerate launch -m flows.train --variant eapo` (each process sa
 
 from __future__ import annotations
 
-from prefect import flow
-
 import argparse
+
+from prefect import flow
 
 from eapo.config import ConfigError, Params, load_params
 from flows.stage import run_stage

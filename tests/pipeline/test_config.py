@@ -25,7 +25,7 @@ def test_default_params_load_typed_and_frozen():
     p = load_params(ROOT / "params.yaml")
     assert p.rollout.group_size == RAW["rollout"]["group_size"]
     assert p.variants["eapo"].weighting == "eapo"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.train.lr = 1.0  # frozen
 
 

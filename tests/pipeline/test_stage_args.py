@@ -1,4 +1,4 @@
-"""Stage entry points reject bad arguments and overrides with exit 2 and one line naming the key, before the flow runs."""
+"""Stage entry points reject bad arguments and overrides with exit 2 and one line naming the key, before any flow."""
 
 import subprocess
 import sys
