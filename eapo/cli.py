@@ -43,8 +43,8 @@ def _unreadable(path: Path, parquet: bool) -> str | None:
     return None
 
 
-def _fail(path: Path, problem: str, label: str = "INVALID: ") -> None:
-    typer.echo(f"{path}: {label}{problem.removeprefix(f'{path}: ')}", err=True)
+def _fail(path: Path, problem: str, label: str = "INVALID: ", err: bool = False) -> None:
+    typer.echo(f"{path}: {label}{problem.removeprefix(f'{path}: ')}", err=err)
 
 
 @app.command()
@@ -88,7 +88,7 @@ def lineage(path: Path = typer.Argument(..., help="Any artifact: Parquet, metric
         except _read_errors() as exc:  # a damaged file, sidecar or input in the tree
             problem = f"cannot read its lineage ({_reason(exc)})"
     if problem is not None:
-        _fail(path, problem, label="")
+        _fail(path, problem, label="", err=True)
         raise typer.Exit(1)
     if tree["lineage"] is None:
         typer.echo(f"{path}: has no eapo lineage (not written by this pipeline?)", err=True)

@@ -55,6 +55,7 @@ def test_bad_files_get_one_line_and_exit_1(tmp_path, command):
         assert result.exit_code == 1, (name, line)
         assert line.startswith(f"{path}: ") and needle in line, (name, line)
         assert line.count(str(path)) == 1, line
+        assert (result.stdout if command == "validate" else result.stderr).strip() == line  # report vs error
 
 
 def test_validate_reports_each_file_and_fails_if_any_is_bad(tmp_path):
