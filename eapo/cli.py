@@ -97,11 +97,31 @@ def lineage(path: Path = typer.Argument(..., help="Any artifact: Parquet, metric
         typer.echo(json.dumps(tree, indent=2, default=str))
         return
     from rich.console import Console
+
+    Console(width=140).print(lineage_renderable(tree, depth))
+
+
+def lineage_renderable(tree: dict[str, Any], depth: int = 20):
+    """The rich Tree `eapo lineage` prints for a `lineage_tree` result."""
     from rich.tree import Tree
 
     root = Tree(_label(tree))
     _grow(root, tree, depth)
-    Console(width=140).print(root)
+    return root
+
+
+def lineage_text(path: str | Path, depth: int = 20) -> str:
+    """What `eapo lineage PATH` prints, as plain text (no colours): for the Prefect UI's lineage artifacts."""
+    import io
+
+    from rich.console import Console
+
+    from eapo.lineage import lineage_tree
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=140, color_system=None, highlight=False)
+    console.print(lineage_renderable(lineage_tree(path), depth))
+    return buf.getvalue().rstrip()
 
 
 def _label(node: dict[str, Any], name: str | None = None) -> str:
@@ -110,13 +130,15 @@ def _label(node: dict[str, Any], name: str | None = None) -> str:
     if lin is None:
         return head + ("  (no lineage)" if node["exists"] else "  [red](missing)[/red]")
     code = lin.get("code") or {}
-    commit = (code.get("git_commit") or "no-git")[:10] + ("+dirty" if code.get("git_dirty") else "")
+    version = code.get("git_commit") or next((v for v in code.values() if isinstance(v, str) and v), "no-git")
+    commit = version[:10] + ("+dirty" if code.get("git_dirty") else "")
     stale = "  [red]STALE: changed since it was consumed[/red]" if node.get("stale") else ""
+    created = f" created={lin['created_at']}" if lin.get("created_at") else ""
     lines = [
         head + stale,
-        f"stage={lin['stage']} artifact={_kind(node['path'], lin)} seed={lin.get('seed')}",
-        f"params_hash={lin['params_hash']} params={', '.join(lin['params'])}",
-        f"code={commit} created={lin['created_at']} data_sha256={(lin.get('data_sha256') or '')[:16]}",
+        f"stage={lin.get('stage')} artifact={_kind(node['path'], lin)} seed={lin.get('seed')}",
+        f"params_hash={lin.get('params_hash')} params={', '.join(lin.get('params') or {})}",
+        f"code={commit}{created} data_sha256={(lin.get('data_sha256') or '')[:16]}",
     ]
     extra = lin.get("extra") or {}
     if extra:
