@@ -92,6 +92,8 @@ class TorchDevice:
 Count = Annotated[int, Range(1)]
 """An integer >= 1."""
 NonNegInt = Annotated[int, Range(0)]
+Seed = Annotated[int, Range(0)]
+"""A random seed: an integer >= 0 (numpy's generators reject negative seeds)."""
 Positive = Annotated[float, Range(0, lo_open=True)]
 """A finite float > 0 (learning rates, temperatures, timeouts)."""
 NonNegative = Annotated[float, Range(0)]
@@ -104,6 +106,7 @@ AggregationName = Annotated[str, Registered("eapo.core.losses", "AGGREGATIONS", 
 WeightingName = Annotated[str, Registered("eapo.core.weighting", "WEIGHTINGS", "weighting")]
 SyntheticFamilyName = Annotated[str, Registered("eapo.data.synthetic", "FAMILIES", "synthetic family")]
 DeviceName = Annotated[str, TorchDevice()]
+FieldName = Annotated[str, Registered("eapo.data.importers", "FIELD_NAMES", "field")]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ class ModelConfig:
     """Replaces the chat template's default system prompt; null keeps the template's own."""
     instruction: str = "Give only the final answer as a number."
     """Appended to every question. SmolLM2-135M rarely writes \\boxed{}, so we ask for a bare number."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed for `tiny-random-llama` weights."""
 
 
@@ -175,7 +178,7 @@ class SyntheticConfig:
     """Number of distinct prompts generated before the train/test split."""
     families: dict[SyntheticFamilyName, list[int]] = field(default_factory=lambda: {"add": [1, 2], "mul": [1]})
     """Family name -> difficulty levels (digits). Families: see `eapo.data.synthetic.FAMILIES`."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the generator."""
 
     def validate(self, key: str) -> None:
@@ -208,7 +211,7 @@ class SourceConfig:
     """The `source` column value; defaults to `kind`."""
     limit: Count | None = None
     """Keep at most this many rows of the file (first rows)."""
-    fields: dict[str, str] | None = None
+    fields: dict[FieldName, str] | None = None
     """Generic kinds: our field -> the file's column, at least `prompt` and `answer`."""
     split: Literal["train", "test", "both"] = "both"
     """Which split the rows go to: `both` lets the seeded split decide."""
@@ -218,7 +221,7 @@ class SourceConfig:
 class PrepareConfig:
     """Stage `prepare`: the prompts and their seeded train/test split."""
 
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the train/test split."""
     test_fraction: Probability = 0.25
     """Share of the `both`-split prompts that go to the test split."""
@@ -258,7 +261,7 @@ class RolloutConfig(SamplingConfig):
 
     num_prompts: Count | None = 16
     """Training prompts to roll out (first N of prompts_train in id order); null = all."""
-    seed: int = 0
+    seed: Seed = 0
     """Sampling seed."""
 
     def validate(self, key: str) -> None:
@@ -294,7 +297,7 @@ class CMIConfig:
     """Bootstrap resamples for the CMI confidence intervals."""
     ci: Probability = 0.9
     """Confidence level of those intervals, in (0, 1)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the probe's sampling and bootstrap."""
 
 
@@ -352,7 +355,7 @@ class TrainConfig(SamplingConfig):
     """Save model, optimizer, scheduler and RNG state every N steps (and at the end)."""
     chunk_size: Count = 256
     """Tokens per chunk in the log-prob/entropy computation (bounds peak memory)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of sampling, prompt order and initialisation."""
     reuse_rollouts: bool = True
     """Step 0 reuses the rollout stage's samples when the rollout params equal these (the policy is unchanged)."""
@@ -419,7 +422,7 @@ class BenchmarkConfig:
     """The file to read."""
     limit: Count | None = None
     """Keep at most this many rows (first rows)."""
-    fields: dict[str, str] | None = None
+    fields: dict[FieldName, str] | None = None
     """Generic kinds: our field -> the file's column."""
 
 
@@ -433,7 +436,7 @@ class EvaluateConfig(SamplingConfig):
     """Samples per prompt for avg@k / pass@k (group_size is ignored here)."""
     greedy: bool = True
     """Also decode greedily once per prompt for greedy accuracy."""
-    seed: int = 1234
+    seed: Seed = 1234
     """Sampling seed."""
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)
     """Extra evaluation sets (e.g. GSM8K test) read from files the user gives."""
@@ -447,7 +450,7 @@ class ReportConfig:
     """Paired bootstrap resamples for the accuracy intervals."""
     ci: Probability = 0.95
     """Confidence level of the intervals, in (0, 1)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the bootstrap."""
     reward_threshold: float = 0.5
     """Sample efficiency: the first step whose training reward reaches this."""
@@ -611,6 +614,8 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         raise ConfigError("variants must be a mapping of variant name -> settings")
     variants = {name: _build(VariantConfig, v, f"variants.{name}") for name, v in variants_raw.items()}
     for i, name in enumerate(sections["study"].variants):
+        if name in sections["study"].variants[:i]:
+            raise ConfigError(f"study.variants[{i}]: variant {name!r} is listed twice")
         if name not in variants:
             raise ConfigError(f"study.variants[{i}]: unknown variant {name!r} (defined: {', '.join(variants)})")
     return Params(**sections, variants=variants, raw=raw)

@@ -224,3 +224,16 @@ def test_params_yaml_defaults_equal_the_dataclass_defaults():
     loaded = load_params(ROOT / "params.yaml")
     for name, cls in SECTIONS.items():
         assert getattr(loaded, name) == cls(), name
+
+
+@pytest.mark.parametrize("dotted,value,needle", [
+    ("prepare.seed", -1, "prepare.seed"),
+    ("train.seed", -3, "train.seed"),
+    ("study.variants", ["grpo", "eapo", "grpo"], "study.variants[2]"),
+    ("prepare.sources", [{"kind": "jsonl", "path": "a.jsonl", "fields": {"question": "q"}}],
+     "prepare.sources[0].fields.question"),
+])
+def test_seeds_duplicates_and_field_names(dotted, value, needle):
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(with_change(dotted, value))
+    assert needle in str(err.value), str(err.value)
