@@ -128,7 +128,8 @@ def _read_csv(path: Path) -> tuple[list[Row], str]:
                 )
             rows.append((start, dict(zip(header, values))))
     except csv.Error as err:
-        opened = _open_quote_line(text.splitlines(keepends=True), start)
+        lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)  # the line breaks the csv reader counts
+        opened = _open_quote_line(lines, start)
         raise DataError(
             f"unterminated quote: the quoted field opened on this line does not close properly ({err})",
             path=path,

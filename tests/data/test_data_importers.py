@@ -356,6 +356,8 @@ def test_named_kind_unknown_extension(tmp_path):
     ('prompt,answer\n"What is 1+1?,2\nWhat is 2+2?,4\n"What is 3+3?",6\n', 2),
     # after a legitimate multi-line field (lines 2-3), line 4 opens a quote that never closes
     ('prompt,answer\n"What is\n1+1?",2\n"What is 2+2?,4\n', 4),
+    # Windows line ends, and a form feed inside a field (not a line break for the csv reader)
+    ('prompt,answer\r\n"What\x0cis\r\n1+1?",2\r\nok,1\r\nWhat is 2+2?,"4\r\n5,5\r\n', 5),
 ])
 def test_csv_unterminated_quote_names_the_line_where_it_opened(tmp_path, text, line):
     path = write_csv(tmp_path / "quote.csv", text)
