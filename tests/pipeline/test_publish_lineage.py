@@ -1,4 +1,4 @@
-"""Each stage publishes the lineage tree of what it wrote (what `eapo lineage` prints) as a Prefect markdown artifact."""
+"""Each stage publishes the lineage tree of its outputs (what `eapo lineage` prints) as a Prefect markdown artifact."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
