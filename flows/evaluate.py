@@ -7,9 +7,9 @@ import argparse
 
 from prefect import flow
 
-from eapo.config import load_params
+from eapo.config import ConfigError, Params, load_params
 from flows.stage import run_stage
-from tasks.evaluate import evaluate_task
+from tasks.evaluate import BASE, evaluate_task
 
 
 def add_name_arg(parser: argparse.ArgumentParser) -> None:
@@ -28,5 +28,21 @@ def evaluate_flow(params_path: str = "params.yaml", overrides: dict | None = Non
     return evaluate_task(load_params(params_path, overrides), name, seed)
 
 
+def check_name(params: Params, args: argparse.Namespace) -> None:
+    """`--name` must be `base` or one of `study.variants` (the models the evaluate matrix covers); `--seed`, given for a
+    variant only, one of `study.seeds`."""
+    if args.name != BASE and args.name not in params.study.variants:
+        raise ConfigError(f"--name: unknown model {args.name!r}; expected {BASE!r} or one of study.variants "
+                          f"({', '.join(params.study.variants)})")
+    if args.seed is not None and args.name == BASE:
+        raise ConfigError(f"--seed: {BASE!r} is the untrained policy and has no study seed")
+    if args.seed is not None and args.seed not in params.study.seeds:
+        raise ConfigError(f"--seed: {args.seed} is not one of study.seeds {list(params.study.seeds)}")
+
+
+def main(argv: list[str] | None = None):
+    return run_stage(evaluate_flow, argv, check=check_name, name=add_name_arg)
+
+
 if __name__ == "__main__":
-    run_stage(evaluate_flow, name=add_name_arg)
+    main()

@@ -2,7 +2,9 @@
 
     python -m flows.<stage> [--params params.yaml] [-S key=value ...]
 
-`-S` takes dotted keys with YAML values, as `dvc exp run -S` does. When the whole-pipeline flow drives DVC it sets
+`-S` takes dotted keys with YAML values, as `dvc exp run -S` does (floats in any notation: `-S train.lr=1e-6`). Every
+value, the stage's own arguments (`--variant`, `--name`) included, is checked before Prefect or any model starts: a bad
+one exits 2 with one line naming the key. When the whole-pipeline flow drives DVC it sets
 `EAPO_PARENT_RUN`, and each stage's flow run is tagged with it so the UI groups them.
 """
 
@@ -18,26 +20,35 @@ from typing import Any
 
 import yaml
 
-from eapo.config import ConfigError, Params, load_params
+from eapo.config import ConfigError, Params, load_params, parse_yaml
 from eapo.stageio import StageLocked
+
+StageCheck = Callable[[Params, argparse.Namespace], None]
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-6", ...]` -> `{"train.lr": 1e-06}`; ConfigError naming the item for a malformed one."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"-S expects key=value, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key] = parse_yaml(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"-S {key}: cannot read the value {value!r} as YAML ({problem})") from None
     return overrides
 
 
-def run_stage(flow: Callable[..., Any], argv: list[str] | None = None,
+def run_stage(flow: Callable[..., Any], argv: list[str] | None = None, check: StageCheck | None = None,
               **extra_args: Callable[[argparse.ArgumentParser], None]) -> Any:
     """Parse the command line and run `flow(params_path, overrides, **stage_args)`.
 
-    Params are loaded once here too, so a config error exits 2 before Prefect or torch is started. The flow itself
-    takes plain JSON parameters (a path and overrides), so the same flow can be triggered from the Prefect UI."""
+    Params are loaded once here too, and `check(params, args)` vets the stage's own arguments, so a config error
+    exits 2 before Prefect or torch is started. The flow itself takes plain JSON parameters (a path and overrides),
+    so the same flow can be triggered from the Prefect UI."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{flow.name}", description=flow.description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -50,7 +61,9 @@ def run_stage(flow: Callable[..., Any], argv: list[str] | None = None,
     logging.getLogger("eapo").setLevel(logging.INFO)
     try:
         overrides = parse_overrides(args.overrides)
-        load_params(args.params, overrides)
+        params = load_params(args.params, overrides)
+        if check is not None:
+            check(params, args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

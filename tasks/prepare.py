@@ -16,7 +16,7 @@ from eapo.data import (
     dedupe,
     filter_records,
     generate,
-    read_records,
+    read_sources,
     split_train_test,
 )
 from eapo.lineage import make_lineage, write_json_artifact
@@ -34,8 +34,7 @@ def build_splits(params: Params) -> tuple[list[PromptRecord], list[PromptRecord]
     if cfg.synthetic.enabled:
         fams = cfg.synthetic.families
         free += generate(cfg.synthetic.n, families=list(fams), levels=fams, seed=cfg.synthetic.seed)
-    for src in cfg.sources:
-        records = read_records(src.path, src.kind, name=src.name, fields=src.fields, limit=src.limit)
+    for src, records in zip(cfg.sources, read_sources(cfg.sources)):  # ids unique across sources
         (free if src.split == "both" else pinned[src.split]).extend(records)
     # Dedupe across everything at once so a prompt pinned to test cannot also land in train.
     ordered = pinned["test"] + pinned["train"] + free

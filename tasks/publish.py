@@ -1,4 +1,8 @@
-"""Prefect UI artifacts for a stage: a table, a markdown summary and links to the files it wrote."""
+"""Prefect UI artifacts for a stage: a table, a markdown summary, links to the files it wrote, and the lineage tree of
+each output (what `eapo lineage` prints), published by `record_assets`, the tail every stage calls after writing.
+
+The open-source Prefect UI shows these under the flow run's **Artifacts** tab and on the Artifacts page; the asset
+materialization events appear in the **Event Feed**. The asset graph itself is a Prefect Cloud feature."""
 
 from __future__ import annotations
 
@@ -52,10 +56,29 @@ def asset_key(path: str | Path) -> str:
     return "file://" + quote(str(Path(path).resolve()), safe="/._-~:@")
 
 
-def record_assets(outputs: list[str | Path], inputs: list[str | Path], stage: str) -> None:
-    """Declare the stage's outputs as Prefect assets materialized from its inputs, so the UI draws the lineage graph.
+def lineage_markdown(outputs: list[str | Path], stage: str) -> str:
+    """Markdown with the lineage tree of each output, exactly as `eapo lineage <output>` prints it."""
+    from eapo.cli import lineage_text
 
-    A materializing task is built at run time because the asset keys come from params (paths are declared once)."""
+    parts = [f"# Lineage of what `{stage}` wrote", "",
+             "Each tree walks from an output back through the inputs it was made from (as `eapo lineage` prints it)."]
+    for path in outputs:
+        parts += ["", f"## `{path}`", "", "```text", lineage_text(path), "```"]
+    return "\n".join(parts)
+
+
+def publish_lineage(outputs: list[str | Path], stage: str) -> None:
+    """A markdown artifact `<stage>-lineage` with the lineage tree of each output."""
+    publish_markdown(f"{stage}-lineage", lineage_markdown(outputs, stage),
+                     f"Lineage of the outputs of {stage} (as `eapo lineage` prints it)")
+
+
+def record_assets(outputs: list[str | Path], inputs: list[str | Path], stage: str) -> None:
+    """Declare the stage's outputs as Prefect assets materialized from its inputs, and publish their lineage trees.
+
+    The materializations appear in the open-source UI's Event Feed (the asset graph needs Prefect Cloud); the lineage
+    trees appear as a markdown artifact `<stage>-lineage` beside the stage's summary. A materializing task is built at
+    run time because the asset keys come from params (paths are declared once)."""
     from prefect.assets import materialize
 
     @materialize(*[asset_key(p) for p in outputs], asset_deps=[asset_key(p) for p in inputs],
@@ -64,3 +87,4 @@ def record_assets(outputs: list[str | Path], inputs: list[str | Path], stage: st
         return [str(p) for p in outputs]
 
     _materialized()
+    publish_lineage(outputs, stage)

@@ -4,7 +4,7 @@ Everything returns lists of :class:`PromptRecord`; every data problem raises :cl
 Pure library: no Prefect, no DVC, no paths of its own.
 """
 
-from eapo.data.importers import FIELD_NAMES, IMPORTERS, Importer, read_records
+from eapo.data.importers import FIELD_NAMES, IMPORTERS, Importer, read_records, read_sources
 from eapo.data.records import DataError, PromptRecord, make_id, normalize_prompt, prompt_hash
 from eapo.data.split import check_no_leakage, dedupe, filter_records, split_train_test
 from eapo.data.synthetic import FAMILIES, generate
@@ -24,5 +24,6 @@ __all__ = [
     "normalize_prompt",
     "prompt_hash",
     "read_records",
+    "read_sources",
     "split_train_test",
 ]

@@ -10,22 +10,28 @@ defaults, which ``fields`` overrides key by key. A column that ``fields`` names 
 
 The format of a named kind's file comes from its extension (``.jsonl``/``.ndjson``/``.json`` = JSON Lines,
 ``.parquet``, ``.csv``); the generic kinds are their own format.
+
+CSV is read as strictly as JSON Lines: a quote that never closes is an error naming the line where the quoted field
+opened (quoted fields that legitimately span lines still read), and a row with fewer or more values than the header
+is an error at its line. ``read_sources`` reads several files and checks that ids are unique across all of them,
+naming both files and lines of a clash.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eapo.data.records import DataError, PromptRecord, dump_meta, make_id
+from eapo.data.records import DataError, PromptRecord, dump_meta, make_id, normalize_prompt
 
-__all__ = ["FIELD_NAMES", "IMPORTERS", "Importer", "read_records", "read_rows"]
+__all__ = ["FIELD_NAMES", "IMPORTERS", "Importer", "read_records", "read_rows", "read_sources"]
 
 FIELD_NAMES = ("prompt", "answer", "id", "difficulty", "family")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -62,32 +68,73 @@ def _read_jsonl(path: Path) -> tuple[list[Row], str]:
     return rows, "line"
 
 
+def _open_quote_line(lines: list[str], start: int) -> int:
+    """The 1-based line where the last quoted field opened, scanning a record that starts at line ``start`` with the
+    CSV quoting rules (a quote opens a field only at its start; ``""`` inside quotes is a literal quote)."""
+    opened, in_quotes, at_field_start = start, False, True
+    for lineno in range(start, len(lines) + 1):
+        text = lines[lineno - 1]
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if in_quotes:
+                if ch == '"':
+                    if text[i + 1: i + 2] == '"':
+                        i += 1
+                    else:
+                        in_quotes = False
+            elif ch == '"' and at_field_start:
+                in_quotes, opened = True, lineno
+            at_field_start = not in_quotes and ch in ",\r\n"
+            i += 1
+        if not in_quotes and lineno > start:
+            break
+    return opened
+
+
 def _read_csv(path: Path) -> tuple[list[Row], str]:
-    rows: list[Row] = []
+    """CSV with a header line, read strictly: a quote that never closes (or closes in the middle of a field) is an
+    error naming the line where the quoted field opened, and a row with more or fewer values than the header is an
+    error naming its line. Quoted fields may span lines."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise DataError("empty CSV file (no header line)", path=path, line=1)
-            if len(set(header)) != len(header):
-                dupes = sorted({h for h in header if header.count(h) > 1})
-                raise DataError(f"header repeats column names {dupes}", path=path, line=1)
-            for values in reader:
-                lineno = reader.line_num
-                if not values:  # a blank line
-                    continue
-                if len(values) > len(header):
-                    raise DataError(
-                        f"{len(values)} values but the header has {len(header)} columns",
-                        path=path,
-                        line=lineno,
-                    )
-                rows.append((lineno, dict(zip(header, values))))  # a short row lacks its last columns
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"not valid UTF-8 ({err.reason})", path=path) from None
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line) from None
+    rows: list[Row] = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError("empty CSV file (no header line)", path=path, line=1)
+        if len(set(header)) != len(header):
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            raise DataError(f"header repeats column names {dupes}", path=path, line=1)
+        while True:
+            start = reader.line_num + 1
+            values = next(reader, None)
+            if values is None:
+                break
+            if not values:  # a blank line
+                continue
+            if len(values) != len(header):
+                short = len(values) < len(header)
+                raise DataError(
+                    f"{'short row: ' if short else ''}{len(values)} value{'s' if len(values) != 1 else ''} but "
+                    f"the header has {len(header)} columns",
+                    path=path,
+                    line=start,
+                )
+            rows.append((start, dict(zip(header, values))))
     except csv.Error as err:
-        raise DataError(f"malformed CSV ({err})", path=path, line=reader.line_num) from None
+        lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)  # the line breaks the csv reader counts
+        opened = _open_quote_line(lines, start)
+        raise DataError(
+            f"unterminated quote: the quoted field opened on this line does not close properly ({err})",
+            path=path,
+            line=opened,
+        ) from None
     return rows, "line"
 
 
@@ -335,6 +382,46 @@ def read_records(
     ``kind``: one of :data:`IMPORTERS`. ``name``: the records' ``source`` (default: the kind for named kinds, the
     file's stem for generic ones). ``fields``: our name → the file's column (see the module doc).
     """
+    return [record for record, _ in _read_located(path, kind, name=name, fields=fields, limit=limit)[0]]
+
+
+def read_sources(sources: Sequence[Any]) -> list[list[PromptRecord]]:
+    """Read several prompt files (each with ``path``, ``kind`` and optional ``name``, ``fields``, ``limit``
+    attributes, as `prepare.sources` declares them) and return their records, one list per source.
+
+    Ids must be unique across all of them: two records with one id but different prompts raise :class:`DataError`
+    naming both files and their lines (rows). The same prompt under the same id is a duplicate that dedupe drops.
+    """
+    out: list[list[PromptRecord]] = []
+    seen: dict[str, tuple[PromptRecord, Path, int, str]] = {}
+    for src in sources:
+        path = Path(src.path)
+        located, unit = _read_located(path, src.kind, name=getattr(src, "name", None),
+                                      fields=getattr(src, "fields", None), limit=getattr(src, "limit", None))
+        for record, number in located:
+            first = seen.setdefault(record.id, (record, path, number, unit))
+            if first[0] is not record and normalize_prompt(first[0].prompt) != normalize_prompt(record.prompt):
+                raise DataError(
+                    f"duplicate id {record.id!r}: {first[1]} {first[3]} {first[2]} has the same id with another "
+                    f"prompt",
+                    path=path,
+                    line=number,
+                    field=(getattr(src, "fields", None) or {}).get("id"),
+                    unit=unit,
+                )
+        out.append([record for record, _ in located])
+    return out
+
+
+def _read_located(
+    path: str | Path,
+    kind: str,
+    *,
+    name: str | None = None,
+    fields: Mapping[str, str] | None = None,
+    limit: int | None = None,
+) -> tuple[list[tuple[PromptRecord, int]], str]:
+    """`read_records`, with each record's 1-based line (or row) number, and the unit of those numbers."""
     path = Path(path)
     if kind not in IMPORTERS:
         raise DataError(f"unknown kind {kind!r}; known kinds: {sorted(IMPORTERS)}", path=path)
@@ -376,7 +463,7 @@ def read_records(
                 unit=unit,
             )
 
-    records: list[PromptRecord] = []
+    records: list[tuple[PromptRecord, int]] = []
     for number, row in rows:
         cell = _Cells(path, number, unit, row, mapping)
         raw_prompt = row.get(mapping["prompt"])
@@ -392,15 +479,14 @@ def read_records(
             for col in importer.meta_columns
             if col in row and not _is_missing(row[col])
         }
-        records.append(
-            PromptRecord(
-                id=record_id,
-                source=source,
-                prompt=prompt,
-                answer=answer,
-                difficulty=difficulty,
-                family=family,
-                meta=dump_meta(meta),
-            )
+        record = PromptRecord(
+            id=record_id,
+            source=source,
+            prompt=prompt,
+            answer=answer,
+            difficulty=difficulty,
+            family=family,
+            meta=dump_meta(meta),
         )
-    return records if limit is None else records[:limit]
+        records.append((record, number))
+    return (records if limit is None else records[:limit]), unit

@@ -285,9 +285,10 @@ def test_csv_empty_answer_and_short_row(tmp_path):
         read_records(path, "csv")
     assert_error(ei, path, 3, "answer")
     short = write_csv(tmp_path / "short.csv", "prompt,answer\nfine,1\nno answer here\n")
-    with pytest.raises(DataError, match="missing") as ei:
+    with pytest.raises(DataError, match="short row: 1 value but the header has 2 columns") as ei:
         read_records(short, "csv")
-    assert_error(ei, short, 3, "answer")
+    assert_error(ei, short, 3, None)
+    assert "missing" not in str(ei.value)
     long = write_csv(tmp_path / "long.csv", "prompt,answer\nfine,1,extra\n")
     with pytest.raises(DataError, match="3 values") as ei:
         read_records(long, "csv")
@@ -343,3 +344,73 @@ def test_named_kind_unknown_extension(tmp_path):
     with pytest.raises(DataError, match="extension") as ei:
         read_records(path, "gsm8k")
     assert_error(ei, path, None, None)
+
+
+# --------------------------------------------------------------------------------- CSV as strict as JSON Lines
+
+
+@pytest.mark.parametrize("text,line", [
+    # the quote opened on line 3 never closes: the old reader swallowed the next three lines into one answer
+    ('prompt,answer\nWhat is 1+1?,2\nWhat is 2+2?,"4\nWhat is 3+3?,6\nWhat is 4+4?,8\nWhat is 5+5?,10\n', 3),
+    # the quote opened on line 2 "closes" at the first quote of line 4, in the middle of a field
+    ('prompt,answer\n"What is 1+1?,2\nWhat is 2+2?,4\n"What is 3+3?",6\n', 2),
+    # after a legitimate multi-line field (lines 2-3), line 4 opens a quote that never closes
+    ('prompt,answer\n"What is\n1+1?",2\n"What is 2+2?,4\n', 4),
+    # Windows line ends, and a form feed inside a field (not a line break for the csv reader)
+    ('prompt,answer\r\n"What\x0cis\r\n1+1?",2\r\nok,1\r\nWhat is 2+2?,"4\r\n5,5\r\n', 5),
+])
+def test_csv_unterminated_quote_names_the_line_where_it_opened(tmp_path, text, line):
+    path = write_csv(tmp_path / "quote.csv", text)
+    with pytest.raises(DataError, match="unterminated quote") as ei:
+        read_records(path, "csv")
+    assert_error(ei, path, line, None)
+
+
+def test_csv_quoted_multiline_fields_still_read(tmp_path):
+    path = write_csv(
+        tmp_path / "multi.csv",
+        'prompt,answer\n"What is\n1 + 1?",2\n"He said ""hi"", then: what is 2 + 2?","4"\nWhat is 3 + 3?,6\n',
+    )
+    recs = read_records(path, "csv")
+    assert [r.prompt for r in recs] == ["What is\n1 + 1?", 'He said "hi", then: what is 2 + 2?', "What is 3 + 3?"]
+    assert [r.answer for r in recs] == ["2", "4", "6"]
+    bad = write_csv(tmp_path / "multi_bad.csv", 'prompt,answer\n"What is\n1 + 1?",2\nWhat is 3 + 3?,6\nshort\n')
+    with pytest.raises(DataError, match="short row") as ei:
+        read_records(bad, "csv")
+    assert_error(ei, bad, 5, None)  # line numbers count the physical lines of the multi-line field
+
+
+def test_duplicate_id_across_sources_names_both_files_and_lines(tmp_path):
+    from types import SimpleNamespace
+
+    from eapo.data import read_sources
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"q": "What is 1 + 1?", "a": "2", "uid": "p1"},
+                                           {"q": "What is 2 + 2?", "a": "4", "uid": "p2"}])
+    b = write_csv(tmp_path / "b.csv", "q,a,uid\nWhat is 3 + 3?,6,p3\nWhat is 5 + 5?,10,p2\n")
+    fields = {"prompt": "q", "answer": "a", "id": "uid"}
+    src = [SimpleNamespace(path=str(a), kind="jsonl", name="mine", fields=fields, limit=None),
+           SimpleNamespace(path=str(b), kind="csv", name="mine", fields=fields, limit=None)]
+    with pytest.raises(DataError, match="duplicate id 'p2'") as ei:
+        read_sources(src)
+    msg = str(ei.value)
+    assert_error(ei, b, 3, "uid")
+    assert f"{a} line 2" in msg, msg
+    # the same prompt under the same id is a plain duplicate (dedupe drops it), not a clash
+    c = write_csv(tmp_path / "c.csv", "q,a,uid\nWhat is 2 + 2?,4,p2\n")
+    src[1] = SimpleNamespace(path=str(c), kind="csv", name="mine", fields=fields, limit=None)
+    first, second = read_sources(src)
+    assert [r.id for r in first] == ["p1", "p2"] and [r.id for r in second] == ["p2"]
+
+
+def test_duplicate_id_in_parquet_names_rows(tmp_path):
+    from types import SimpleNamespace
+
+    from eapo.data import read_sources
+
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "answer": ["1", "2", "3"], "id": ["x", "y", "x"]}), path)
+    with pytest.raises(DataError, match="duplicate id 'x'") as ei:
+        read_sources([SimpleNamespace(path=str(path), kind="parquet", fields={"id": "id"})])
+    assert_error(ei, path, 3, "id", unit="row")
+    assert "row 1" in str(ei.value)
