@@ -467,7 +467,6 @@ class EvaluateConfig(SamplingConfig):
 
 
     def validate(self, key: str) -> None:
-        super().validate(key)
         if not self.pass_k or any(k > self.k for k in self.pass_k):
             raise ConfigError(f"{key}.pass_k must be non-empty with each <= {key}.k ({self.k}) "
                               f"(pass@k needs n >= k samples per prompt), got {self.pass_k}")

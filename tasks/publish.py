@@ -58,7 +58,7 @@ def asset_key(path: str | Path) -> str:
 
 def lineage_markdown(outputs: list[str | Path], stage: str) -> str:
     """Markdown with the lineage tree of each output, exactly as `eapo lineage <output>` prints it."""
-    from eapo.cli import lineage_text
+    from eapo.lineage_view import lineage_text
 
     parts = [f"# Lineage of what `{stage}` wrote", "",
              "Each tree walks from an output back through the inputs it was made from (as `eapo lineage` prints it)."]

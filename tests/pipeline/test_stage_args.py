@@ -49,7 +49,7 @@ def test_good_arguments_reach_the_flow_with_parsed_overrides(never_run):
 
     flows.train.main(["--params", str(ROOT / "params.yaml"), "--variant", "eapo", "-S", "train.lr=1e-06"])
     assert never_run == [{"params_path": str(ROOT / "params.yaml"), "overrides": {"train.lr": 1e-06},
-                          "variant": "eapo"}]
+                          "variant": "eapo", "seed": 0}]
 
 
 def test_malformed_override_from_the_command_line_has_no_traceback():
@@ -57,3 +57,17 @@ def test_malformed_override_from_the_command_line_has_no_traceback():
                           cwd=ROOT, capture_output=True, text=True, env=stage_env(None), timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "train.steps" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv", [["flows.train", "--variant", "grpo", "--seed", "7"],
+                                  ["flows.evaluate", "--name", "grpo", "--seed", "7"],
+                                  ["flows.evaluate", "--name", "base", "--seed", "0"]])
+def test_a_seed_outside_the_study_exits_2_before_the_flow(never_run, argv, capsys):
+    """A replicate that study.seeds does not list would train or evaluate a model no report reads."""
+    import importlib
+
+    module = importlib.import_module(argv[0])
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--params", str(ROOT / "params.yaml"), *argv[1:]])
+    assert exc.value.code == 2 and never_run == []
+    assert "--seed" in capsys.readouterr().err
