@@ -251,12 +251,13 @@ register(Contract(
 ))
 
 QUADRANTS = QUADRANT_LABELS[:4]
-_STEP_COLUMNS = [
+#: The steps table's columns, in order: the owner (eapo.trainer builds its rows from these names). Wall-time
+#: measurements are not here: they go to the stage's run record, so identical training gives identical bytes.
+STEP_COLUMNS = [
     ("step", pa.int32()), ("variant", pa.string()), ("reward_mean", pa.float32()), ("accuracy", pa.float32()),
     ("entropy_mean", pa.float32()), ("response_length", pa.float32()), ("loss", pa.float32()),
     ("clip_frac", pa.float32()), ("approx_kl", pa.float32()), ("grad_norm", pa.float32()), ("lr", pa.float32()),
-    ("tau", pa.float32()), ("tokens", pa.int32()), ("tokens_per_s", pa.float32()), ("seconds", pa.float32()),
-    ("mixed_groups", pa.float32()),
+    ("tau", pa.float32()), ("tokens", pa.int32()), ("mixed_groups", pa.float32()),
     *[(f"count_{q}", pa.int32()) for q in QUADRANTS],
     *[(f"grad_share_{q}", pa.float32()) for q in QUADRANTS],
     *[(f"weighted_grad_share_{q}", pa.float32()) for q in QUADRANTS],
@@ -264,9 +265,9 @@ _STEP_COLUMNS = [
 
 register(Contract(
     name="steps",
-    version=1,
+    version=2,
     doc="One row per training step of one variant.",
-    schema=pa.schema(_STEP_COLUMNS),
+    schema=pa.schema(STEP_COLUMNS),
     unique=("step",),
     expectations=(
         *_not_null("step", "variant", "reward_mean", "loss", "grad_norm"),

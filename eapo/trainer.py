@@ -75,6 +75,7 @@ from torch import Tensor
 
 from eapo import checkpoint
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
+from eapo.contracts import STEP_COLUMNS
 from eapo.core.advantages import get_advantage_fn
 from eapo.core.entropy import logit_grad_norm, logprob_entropy_from_hidden
 from eapo.core.losses import policy_loss_terms
@@ -102,15 +103,10 @@ __all__ = [
 logger = logging.getLogger("eapo.train")
 
 #: The keys of a per-step metrics row, in order (the ``steps`` contract in ``eapo.contracts`` checks them).
-STEP_KEYS: tuple[str, ...] = (
-    "step", "variant", "reward_mean", "accuracy", "entropy_mean", "response_length", "loss", "clip_frac",
-    "approx_kl", "grad_norm", "lr", "tau", "tokens", "tokens_per_s", "seconds", "mixed_groups",
-    *[f"count_{q}" for q in QUADRANTS],
-    *[f"grad_share_{q}" for q in QUADRANTS],
-    *[f"weighted_grad_share_{q}" for q in QUADRANTS],
-)
-#: Columns that measure wall time: the only ones allowed to differ between a resumed and an uninterrupted run.
-WALL_TIME_KEYS = ("seconds", "tokens_per_s")
+#: Keys that measure wall time: the only ones allowed to differ between a resumed and an uninterrupted run. They
+#: are logged and kept in the stage's run record, not in the steps table.
+WALL_TIME_KEYS = ("tokens_per_s", "seconds")
+STEP_KEYS: tuple[str, ...] = (*(name for name, _ in STEP_COLUMNS), *WALL_TIME_KEYS)
 #: TrainConfig fields that may change between a checkpoint and its resume (they do not change the trajectory).
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "reuse_rollouts", "max_update_ratio"}
 
@@ -839,13 +835,13 @@ def train(
                 "lr": lr,
                 "tau": float(tau) if math.isfinite(tau) else 0.0,
                 "tokens": round(n_tok),
-                "tokens_per_s": tok_sampled / sample_seconds if sample_seconds > 0 else 0.0,
-                "seconds": seconds,
                 "mixed_groups": n_mixed / n_groups if n_groups else 0.0,
                 **{f"count_{q}": round(c) for q, c in zip(QUADRANTS, counts)},
                 **{f"grad_share_{q}": (m / sum(mass) if sum(mass) > 0 else 0.0) for q, m in zip(QUADRANTS, mass)},
                 **{f"weighted_grad_share_{q}": (m / sum(wmass) if sum(wmass) > 0 else 0.0)
                    for q, m in zip(QUADRANTS, wmass)},
+                "tokens_per_s": tok_sampled / sample_seconds if sample_seconds > 0 else 0.0,
+                "seconds": seconds,
             }
             row = {k: (float(v) if isinstance(v, float) else v) for k, v in row.items()}
             rows.append(row)

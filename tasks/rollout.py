@@ -60,9 +60,12 @@ def rollout_task(params: Params) -> dict:
                                inputs={"prompts_train": params.paths.prompts_train}, seed=cfg.seed,
                                extra={"model": policy.info})
         write_artifact(rollout_rows(scored, prompts), staged.path(params.paths.rollouts), "rollouts", lineage)
-        metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"],
-                   "tokens_per_s": stats["tokens_per_s"], "sampling_seconds": stats["seconds"]}
+        metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"]}
         write_json_artifact(staged.path(params.paths.rollout_metrics), metrics, lineage)
+        # Throughput is a property of the run, not of the data: the run record holds it (metrics.json is git-held).
+        timing = {"tokens_per_s": stats["tokens_per_s"], "sampling_seconds": stats["seconds"]}
+        staged.run_info.update(timing)
+    metrics = {**metrics, **timing}
     record_assets([params.paths.rollouts],
                   [params.paths.prompts_train, policy.info.get("path") or params.model.name_or_path], "rollout")
     publish_table("rollout-metrics", [metrics], "Rollout accuracy, extraction rate, length and throughput")

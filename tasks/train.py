@@ -17,7 +17,7 @@ from eapo.layout import train_paths
 from eapo.lineage import make_lineage, write_sidecar
 from eapo.sampler import Sample
 from eapo.stageio import StageOutputs
-from eapo.trainer import step_prompt_indices, train
+from eapo.trainer import WALL_TIME_KEYS, step_prompt_indices, train
 from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
 from tasks.rollout import first_prompts, load_base_policy
 
@@ -98,11 +98,13 @@ def _train(params: Params, variant: str, seed: int, paths: dict[str, Path], stag
     lineage = make_lineage(f"train@{variant}-{seed}", subset, inputs=inputs, seed=params.train.seed,
                            extra={"variant": variant, "study_seed": seed, "train_seed": params.train.seed,
                                   "base_model": policy.info, "reused_rollouts": initial is not None})
-    staged.run_info.update({"resumed_from": result.resumed_from, "seconds": result.seconds})
+    staged.run_info.update({"resumed_from": result.resumed_from, "seconds": result.seconds,
+                            "steps": [{k: r[k] for k in ("step", *WALL_TIME_KEYS)} for r in result.steps]})
     model = staged.path(paths["model"])
     result.model_dir.replace(model)
     write_sidecar(model, lineage)
-    write_artifact(result.steps, staged.path(paths["steps"]), "steps", lineage)
+    table = [{k: v for k, v in r.items() if k not in WALL_TIME_KEYS} for r in result.steps]
+    write_artifact(table, staged.path(paths["steps"]), "steps", lineage)
     with open(staged.path(paths["curves"]), "w", newline="") as fh:
         cols = ["step", "reward_mean", "entropy_mean", "response_length", "clip_frac", "grad_norm"]
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from eapo.contracts import _STEP_COLUMNS, QUADRANTS
+from eapo.contracts import QUADRANTS, STEP_COLUMNS
 from eapo.report import (
     WITHIN_NOISE,
     Boot,
@@ -112,10 +112,10 @@ def _samples_rows(model: str, per_prompt_p: np.ndarray, k: int, rng) -> list[dic
 def _steps_rows(variant: str, rewards, entropies) -> list[dict]:
     rows = []
     for s, (r, h) in enumerate(zip(rewards, entropies)):
-        row = {name: 0 for name, _ in _STEP_COLUMNS}
+        row = {name: 0 for name, _ in STEP_COLUMNS}
         row.update(step=s, variant=variant, reward_mean=r, accuracy=r, entropy_mean=h, response_length=10.0,
                    loss=0.1, clip_frac=0.0, approx_kl=0.0, grad_norm=1.0, lr=1e-5, tau=2.0, tokens=100,
-                   tokens_per_s=50.0, seconds=2.0, mixed_groups=0.5)
+                   mixed_groups=0.5)
         for q, c in zip(QUADRANTS, (10, 30, 20, 40)):
             row[f"count_{q}"] = c
             row[f"grad_share_{q}"] = c / 100
