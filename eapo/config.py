@@ -188,15 +188,21 @@ class CMIConfig:
     """The Monte-Carlo probe of I(y_t; R | h_t), DESIGN §4."""
 
     positions: int = 16
-    """Probed positions, stratified by entropy decile."""
+    """Probed positions: `high_share` of them drawn at H >= tau, the rest below, each spread over its entropy range."""
     k: int = 4
     """Alternative tokens drawn at each probed position."""
     m: int = 4
-    """Continuations per alternative token."""
+    """Continuations per alternative token. The estimator's bias grows as M shrinks: M >= 8 (eapo.core.cmi)."""
     max_new_tokens: int = 24
     bootstrap: int = 200
+    """Resamples for each position's interval and for the high-vs-low comparison."""
     ci: float = 0.9
     seed: int = 0
+    estimator: str = "jackknife"
+    """CMI estimator by name (eapo.core.cmi.CMI_ESTIMATORS): `jackknife` (bias-corrected, needs k, m >= 2),
+    `miller_madow`, or `plugin` (biased upward at small m)."""
+    high_share: float = 0.5
+    """Share of the probed positions drawn at H >= tau (the rest below), so the high-vs-low comparison has both."""
 
     def validate(self, key: str) -> None:
         for name in ("positions", "k", "m", "max_new_tokens", "bootstrap"):
@@ -204,6 +210,17 @@ class CMIConfig:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ci < 1:
             raise ConfigError(f"{key}.ci must be in (0, 1), got {self.ci}")
+        if not 0 <= self.high_share <= 1:
+            raise ConfigError(f"{key}.high_share must be in [0, 1], got {self.high_share}")
+        from eapo.core.cmi import CMI_ESTIMATORS, min_shape  # the registry is the authority on names
+
+        if self.estimator not in CMI_ESTIMATORS:
+            raise ConfigError(f"{key}.estimator: unknown CMI estimator {self.estimator!r}; "
+                              f"known: {sorted(CMI_ESTIMATORS)}")
+        min_k, min_m = min_shape(self.estimator)
+        if self.k < min_k or self.m < min_m:
+            raise ConfigError(f"{key}: estimator {self.estimator!r} needs k >= {min_k} and m >= {min_m}, "
+                              f"got k={self.k}, m={self.m}")
 
 
 @dataclass(frozen=True)
@@ -285,7 +302,7 @@ class TrainConfig(SamplingConfig):
 
 @dataclass(frozen=True)
 class VariantConfig:
-    """One training variant: a token weighting by registry name and its parameters."""
+    """One training variant: a token weighting and a policy loss, each by registry name, and their parameters."""
 
     weighting: str
     """`none`, `top_entropy`, `drop_quadrant`, `keep_quadrant`, `eapo` (see `eapo.core.weighting`)."""
@@ -295,16 +312,25 @@ class VariantConfig:
     alpha_neg: float | None = None
     """EAPO: a separate alpha for negative-advantage responses; null uses alpha."""
     phi: float | None = None
+    policy_loss: str = "ppo_clip"
+    """Policy loss by name (`eapo.core.losses.POLICY_LOSSES`): `ppo_clip` (the clipped surrogate: GRPO and the
+    weightings), `clip_cov`, `kl_cov` (Cui et al. 2025) or `entropy_bonus` (entropy regularisation)."""
+    loss_params: dict[str, float] = field(default_factory=dict)
+    """Parameters of `policy_loss`, e.g. `{clip_ratio: 2.0e-4, clip_cov_lb: 1.0, clip_cov_ub: 5.0}` (clip_cov),
+    `{kl_cov_ratio: 2.0e-4, ppo_kl_coef: 1.0}` (kl_cov), `{coef: 1.0e-3}` (entropy_bonus); omitted keys take the
+    published defaults documented on each loss."""
 
     def weighting_params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "weighting" and getattr(self, f.name) is not None}
+                if f.name not in ("weighting", "policy_loss", "loss_params") and getattr(self, f.name) is not None}
 
     def validate(self, key: str) -> None:
-        from eapo.core.weighting import build_weighting  # the registry is the authority on names and ranges
+        from eapo.core.losses import build_policy_loss  # the registries are the authority on names and ranges
+        from eapo.core.weighting import build_weighting
 
         try:
             build_weighting(self.weighting, **self.weighting_params())
+            build_policy_loss(self.policy_loss, **self.loss_params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{key}: {exc}") from exc
 

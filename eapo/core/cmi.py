@@ -65,6 +65,7 @@ __all__ = [
     "cmi_estimate",
     "cmi_from_counts",
     "cmi_from_outcomes",
+    "min_shape",
     "register_cmi_estimator",
     "stratified_mean_difference",
 ]
@@ -164,6 +165,13 @@ def _jackknife(counts: np.ndarray, m: int) -> np.ndarray:
     return _jackknife_pooled_entropy(counts, m) - _jackknife_row_entropy(counts, m).mean(-1)
 
 
+def min_shape(name: str) -> tuple[int, int]:
+    """(smallest K, smallest M) the registered estimator ``name`` is defined for."""
+    if name not in CMI_ESTIMATORS:
+        raise ValueError(f"unknown CMI estimator {name!r}; known: {sorted(CMI_ESTIMATORS)}")
+    return _MIN_SHAPE[name]
+
+
 def _estimator(name: str, k: int, m: int) -> CMIEstimator:
     if name not in CMI_ESTIMATORS:
         raise ValueError(f"unknown CMI estimator {name!r}; known: {sorted(CMI_ESTIMATORS)}")
@@ -211,8 +219,7 @@ def bootstrap_cmi(
     continuations with replacement. Resampling M 0/1 outcomes of a row with success share p̂_k gives a count
     ~ Binomial(M, p̂_k), so the second stage is drawn exactly that way (O(n_boot·K) instead of O(n_boot·K·M)).
     The interval is the percentile interval of the resampled estimates shifted so that their mean sits on the estimate
-    (module docstring: measured coverage). lo ≤ hi always; the estimate lies inside unless the bootstrap distribution
-    is degenerate.
+    (module docstring: measured coverage), widened if needed so that lo ≤ estimate ≤ hi.
     """
     o = _check_outcomes(outcomes)
     if not (0.0 < ci < 1.0):
@@ -229,7 +236,8 @@ def bootstrap_cmi(
     vals = fn(c_star, M)
     a = (1.0 - ci) / 2.0
     lo, hi = np.quantile(vals, [a, 1.0 - a]) - vals.mean() + est
-    return est, float(lo), float(hi)
+    # A very skewed resample distribution can put a shifted quantile past the estimate; the interval always holds it.
+    return est, float(min(lo, est)), float(max(hi, est))
 
 
 def stratified_mean_difference(
