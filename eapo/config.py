@@ -191,8 +191,9 @@ class CMIConfig:
     """Probed positions: `high_share` of them drawn at H >= tau, the rest below, each spread over its entropy range."""
     k: int = 4
     """Alternative tokens drawn at each probed position."""
-    m: int = 4
-    """Continuations per alternative token. The estimator's bias grows as M shrinks: M >= 8 (eapo.core.cmi)."""
+    m: int = 8
+    """Continuations per alternative token. Below M = 8 even the jackknife's bias reaches ±0.04 nats (measured in
+    eapo.core.cmi); k = 4, m = 8 is calibrated within ±0.015 and costs 2x the continuations of k = m = 4."""
     max_new_tokens: int = 24
     bootstrap: int = 200
     """Resamples for each position's interval and for the high-vs-low comparison."""

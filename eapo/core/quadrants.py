@@ -58,7 +58,8 @@ def entropy_threshold(entropy: Tensor, mask: Tensor | None, rho: float) -> float
 
     Returns:
         τ as a python float, equal to one of the valid entropies in their own dtype (fp64 stays fp64), so the token at
-        the boundary is always ≥ τ. No valid token → +inf, so that no token is high (and nothing downstream is selected).
+        the boundary is always ≥ τ. No valid token → +inf, so that no token is high (and nothing downstream is
+        selected).
     """
     if not (0.0 < rho <= 1.0):
         raise ValueError(f"rho must be in (0, 1], got {rho}")

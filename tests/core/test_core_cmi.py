@@ -31,7 +31,9 @@ PI = np.full(4, 0.25)
 
 
 def _analytic_I(pi, p):
-    hb = lambda x: 0.0 if x in (0.0, 1.0) else -(x * math.log(x) + (1 - x) * math.log(1 - x))
+    def hb(x):
+        return 0.0 if x in (0.0, 1.0) else -(x * math.log(x) + (1 - x) * math.log(1 - x))
+
     return hb(float(pi @ p)) - float(sum(w * hb(x) for w, x in zip(pi, p)))
 
 
@@ -113,6 +115,9 @@ def test_default_estimator_is_calibrated_at_k_m_8(name, p_of, truth):
     assert abs(default.mean() - truth) <= 0.015, f"{name}: bias {default.mean() - truth:+.4f}"
     plugin_bias = CMI_ESTIMATORS["plugin"](counts, M).mean() - truth
     assert plugin_bias > 0.03  # what the default fixes
+    # The default probe size (params.yaml annotate.cmi: K = 4, M = 8) is calibrated as well.
+    small = CMI_ESTIMATORS[DEFAULT_ESTIMATOR](_simulated_counts(rng, p_of, 4, 8, 40000), 8)
+    assert abs(small.mean() - truth) <= 0.015, f"{name}, K=4, M=8: bias {small.mean() - truth:+.4f}"
     # cmi_from_outcomes uses the default on an actual 0/1 matrix: same value as the count-based estimator.
     row = counts[0].astype(int)
     o = (np.arange(M)[None, :] < row[:, None]).astype(int)
