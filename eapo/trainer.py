@@ -77,7 +77,7 @@ from eapo import checkpoint
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.core.advantages import get_advantage_fn
 from eapo.core.entropy import logit_grad_norm, logprob_entropy_from_hidden
-from eapo.core.losses import PolicyLoss, build_policy_loss, policy_loss_terms
+from eapo.core.losses import DEFAULT_POLICY_LOSS, PolicyLoss, build_policy_loss, policy_loss_terms
 from eapo.core.quadrants import QUADRANTS, assign_quadrants, entropy_threshold, quadrant_stats
 from eapo.core.weighting import build_weighting
 from eapo.policy import Policy, build_prompt_ids
@@ -659,7 +659,9 @@ def train(
         raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be divisible by the {world} processes")
     P, G = cfg.prompts_per_step // world, cfg.group_size  # P: this rank's prompts per step
     weighting = build_weighting(variant.weighting, **variant.weighting_params())
-    loss_fn = build_policy_loss(variant.policy_loss, **variant.loss_params)
+    # The default loss goes through ``policy_loss_terms`` as it always did (policy_loss=None); others by name.
+    loss_fn = (None if variant.policy_loss == DEFAULT_POLICY_LOSS
+               else build_policy_loss(variant.policy_loss, **variant.loss_params))
     advantage_fn = get_advantage_fn(cfg.advantage)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 

@@ -513,5 +513,8 @@ def test_entropy_baselines_train_two_steps(base, prompts, tmp_path, grpo_two_ste
     if name in ACTIVE:
         variant = dataclasses.replace(variant, loss_params=ACTIVE[name])
         res = run(base, prompts, tmp_path / f"{name}-active", cfg=TWO_STEPS, variant=variant, name=name)
+        # The random token selection is seeded from (seed, step, minibatch, micro-batch): a rerun is identical.
+        again = run(base, prompts, tmp_path / f"{name}-again", cfg=TWO_STEPS, variant=variant, name=name)
+        assert_same_weights(load_weights(base, again.model_dir), load_weights(base, res.model_dir))
     w_new = load_weights(base, res.model_dir)
     assert any(not torch.equal(w_new[k], grpo_two_steps[k]) for k in grpo_two_steps)

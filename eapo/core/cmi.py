@@ -36,6 +36,9 @@ rows read c = 0 and get no correction). Its price is variance (sd 0.035-0.096 ag
 that single positions may read below 0 or above log 2: it is mean-unbiased, not range-respecting, so average positions
 (the mean over P positions is unbiased with sd/√P) rather than reading one. It stays biased upward for rare outcomes
 (+0.021 at p = 0.02: most rows read c = 0, where no estimator sees anything) and at M = 4 (±0.04): use M ≥ 8.
+The delete-one-alternative step assumes the alternatives are drawn iid from π, as the probe draws them: with a fixed,
+balanced design (exactly K/2 rows at 0.2 and K/2 at 0.8) there is no between-alternative variance to remove and it
+over-corrects, +0.020 at K = M = 8.
 
 The plug-in's bias, honestly. Within rows H_b is concave, so E[H_b(p̂_k)] < H_b(p_k) by about 1/(2M) when p_k is not
 near 0 or 1: the subtracted term is too small, which biases I **upward**. The pooled term H_b(p̄) is biased downward by
