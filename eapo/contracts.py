@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from eapo.core.cmi import CMI_ESTIMATORS
 from eapo.lineage import LINEAGE_KEY, Lineage, note_read, read_lineage
 from eapo.stageio import atomic_file
 
@@ -228,19 +229,24 @@ register(Contract(
 
 register(Contract(
     name="cmi",
-    version=1,
-    doc="Monte-Carlo CMI probe: one row per probed position, with its bootstrap interval.",
+    version=2,
+    doc=("Monte-Carlo CMI probe: one row per probed position. `cmi` is the `estimator`'s value (by default the "
+         "bias-corrected jackknife, which may read below 0 or above log 2 at one position: eapo.core.cmi), with a "
+         "bootstrap interval of that estimator; `cmi_plugin` is the plug-in value, always in [0, log 2]."),
     schema=pa.schema([
         ("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("position", pa.int32()),
         ("entropy", pa.float32()), ("entropy_decile", pa.int32()), ("cmi", pa.float32()),
         ("cmi_lo", pa.float32()), ("cmi_hi", pa.float32()), ("p_mean", pa.float32()), ("k", pa.int32()),
-        ("m", pa.int32()), ("bound_holds", pa.bool_()),
+        ("m", pa.int32()), ("bound_holds", pa.bool_()), ("cmi_plugin", pa.float32()), ("estimator", pa.string()),
+        ("high", pa.bool_()),
     ]),
     unique=("prompt_id", "sample_idx", "position"),
     expectations=(
-        *_not_null("prompt_id", "position", "entropy", "cmi", "cmi_lo", "cmi_hi", "k", "m"),
+        *_not_null("prompt_id", "position", "entropy", "cmi", "cmi_lo", "cmi_hi", "k", "m", "cmi_plugin",
+                   "estimator", "high"),
         Expect("ExpectCompoundColumnsToBeUnique", {"column_list": ["prompt_id", "sample_idx", "position"]}),
-        _between("cmi", -1e-6, float(np.log(2)) + 1e-6),
+        _between("cmi_plugin", -1e-6, float(np.log(2)) + 1e-6),
+        _in_set("estimator", sorted(CMI_ESTIMATORS)),
         _between("entropy", -1e-4, None),
         _between("entropy_decile", 0, 9),
         _between("p_mean", 0.0, 1.0),

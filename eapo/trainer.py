@@ -78,7 +78,7 @@ from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.contracts import STEP_COLUMNS
 from eapo.core.advantages import get_advantage_fn
 from eapo.core.entropy import logit_grad_norm, logprob_entropy_from_hidden
-from eapo.core.losses import policy_loss_terms
+from eapo.core.losses import DEFAULT_POLICY_LOSS, PolicyLoss, build_policy_loss, policy_loss_terms
 from eapo.core.quadrants import QUADRANTS, assign_quadrants, entropy_threshold, quadrant_stats
 from eapo.core.weighting import build_weighting
 from eapo.policy import Policy, build_prompt_ids
@@ -205,7 +205,8 @@ def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def sequence_logprobs(
-    model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, chunk_size: int = 256
+    model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, chunk_size: int = 256,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """log π(token) and the full-vocabulary entropy H at response positions, temperature 1, fp32.
 
@@ -217,7 +218,8 @@ def sequence_logprobs(
         chunk_size: rows per LM-head chunk (bounds the [chunk, V] temporaries in forward and backward).
 
     Returns:
-        (logp [B, T], entropy [B, T]), zero outside ``response_mask``; ``logp`` is differentiable.
+        (logp [B, T], entropy [B, T]), zero outside ``response_mask``; ``logp`` is differentiable, and ``entropy``
+        too with ``entropy_grad`` (an entropy bonus), else detached.
         Only the response positions go through the LM head: [B, T, V] logits never exist.
     """
     response_mask = response_mask.bool()
@@ -237,7 +239,8 @@ def sequence_logprobs(
                                             lm_head_bias=getattr(head, "bias", None), checkpoint=True)
     # Row-major order of True entries is the same in `predict` and in `response_mask` (its column 0 is False).
     zeros = torch.zeros(response_mask.shape, dtype=logp.dtype, device=logp.device)
-    return zeros.masked_scatter(response_mask, logp), zeros.masked_scatter(response_mask, ent.detach())
+    return (zeros.masked_scatter(response_mask, logp),
+            zeros.masked_scatter(response_mask, ent if entropy_grad else ent.detach()))
 
 
 def supports_prefix_sharing(model) -> bool:
@@ -290,6 +293,7 @@ def grouped_logprobs(
     chunk_size: int = 256,
     *,
     min_shared: int = 4,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``sequence_logprobs`` in response layout, with every distinct prompt computed once, with gradient.
 
@@ -312,7 +316,7 @@ def grouped_logprobs(
 
     Returns:
         (logp [B, R], entropy [B, R]) with R the longest response; column j is response token j; zero beyond each
-        row's response. ``logp`` is differentiable.
+        row's response. ``logp`` is differentiable; ``entropy`` too with ``entropy_grad``, else detached.
     """
     from transformers.cache_utils import DynamicCache
 
@@ -378,7 +382,8 @@ def grouped_logprobs(
                                             chunk_size=chunk_size, lm_head_bias=getattr(head, "bias", None),
                                             checkpoint=True)
     zeros = torch.zeros(response_mask.shape, dtype=logp.dtype, device=logp.device)
-    return zeros.masked_scatter(response_mask, logp), zeros.masked_scatter(response_mask, ent.detach())
+    return (zeros.masked_scatter(response_mask, logp),
+            zeros.masked_scatter(response_mask, ent if entropy_grad else ent.detach()))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -441,17 +446,24 @@ def _autocast(accelerator):
 
 
 def _micro_logprobs(model, rows: Sequence[Rollout], mb: dict[str, Tensor], shared: bool, pad_id: int,
-                    chunk_size: int) -> Tensor:
+                    chunk_size: int, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """log π of one micro-batch in ``mb``'s layout: response layout when ``shared`` (``grouped_logprobs``, or the
-    full-sequence forward moved into it for a model without prefix sharing, e.g. a reference), else full layout."""
+    full-sequence forward moved into it for a model without prefix sharing, e.g. a reference), else full layout.
+    ``with_entropy``: return (log π, entropy with gradient) instead, for losses that use the entropy."""
     if not shared:
-        return sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], chunk_size)[0]
-    if supports_prefix_sharing(model):
-        return grouped_logprobs(model, [r.prompt_ids for r in rows], [r.response_ids for r in rows], pad_id,
-                                chunk_size)[0]
-    full = collate(rows, pad_id, mb["response_mask"].device)
-    logp, _ = sequence_logprobs(model, full["input_ids"], full["attention_mask"], full["response_mask"], chunk_size)
-    return logp.new_zeros(mb["response_mask"].shape).masked_scatter(mb["response_mask"], logp[full["response_mask"]])
+        out = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], chunk_size,
+                                entropy_grad=with_entropy)
+    elif supports_prefix_sharing(model):
+        out = grouped_logprobs(model, [r.prompt_ids for r in rows], [r.response_ids for r in rows], pad_id,
+                               chunk_size, entropy_grad=with_entropy)
+    else:
+        full = collate(rows, pad_id, mb["response_mask"].device)
+        full_out = sequence_logprobs(model, full["input_ids"], full["attention_mask"], full["response_mask"],
+                                     chunk_size, entropy_grad=with_entropy)
+        out = tuple(x.new_zeros(mb["response_mask"].shape).masked_scatter(mb["response_mask"],
+                                                                          x[full["response_mask"]])
+                    for x in full_out)
+    return (out[0], out[1]) if with_entropy else out[0]
 
 
 def accumulate_gradients(
@@ -465,6 +477,8 @@ def accumulate_gradients(
     ref_model=None,
     step: int = -1,
     share_prompts: bool | None = None,
+    policy_loss: PolicyLoss | None = None,
+    loss_seed: int = 0,
 ) -> dict[str, float]:
     """Forward/backward one minibatch in micro-batches of ``cfg.micro_batch_size`` sequences, accumulating into .grad.
 
@@ -480,6 +494,10 @@ def accumulate_gradients(
         token_mean               Σ_tokens ℓ / denom
         seq_mean_token_mean      Σ_seqs (Σ_t ℓ / T_i) / denom
         seq_mean_token_sum_norm  Σ_seqs (Σ_t ℓ / max_new_tokens) / denom     (Dr.GRPO's constant = generation budget)
+
+    ``policy_loss``: the per-token loss (``eapo.core.losses.build_policy_loss``; None = the clipped surrogate of
+    ``policy_loss_terms``). Losses with a random token choice (Clip-Cov) draw it from a generator seeded by
+    (``loss_seed``, micro-batch index), so the update is reproducible.
 
     Raises ``TrainingDiverged(step)`` on a non-finite loss, before anything reaches the optimizer.
     Returns sums over the minibatch: loss, tokens, clipped (token count), approx_kl (Σ over tokens).
@@ -515,9 +533,19 @@ def accumulate_gradients(
         sync = (accelerator is None or accelerator.num_processes == 1 or c == len(chunks) - 1)
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
             with _autocast(accelerator):
-                logp = _micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size)
-            terms, parts = policy_loss_terms(logp, mb["old_logp"], mb["adv"], mask, cfg.clip_low, cfg.clip_high,
-                                             ref_logp=ref_logp, kl_coef=cfg.kl_coef, return_parts=True)
+                if policy_loss is not None and policy_loss.needs_entropy:
+                    logp, ent = _micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size, with_entropy=True)
+                else:
+                    logp, ent = _micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size), None
+            if policy_loss is None:
+                terms, parts = policy_loss_terms(logp, mb["old_logp"], mb["adv"], mask, cfg.clip_low,
+                                                 cfg.clip_high, ref_logp=ref_logp, kl_coef=cfg.kl_coef,
+                                                 return_parts=True)
+            else:
+                terms, parts = policy_loss(logp, mb["old_logp"], mb["adv"], mask, clip_low=cfg.clip_low,
+                                           clip_high=cfg.clip_high, ref_logp=ref_logp, kl_coef=cfg.kl_coef,
+                                           entropy=ent,
+                                           generator=torch.Generator().manual_seed(derive_seed(loss_seed, c)))
             if cfg.agg == "token_mean":
                 loss = terms.sum() / denom
             elif cfg.agg == "seq_mean_token_mean":
@@ -667,6 +695,9 @@ def train(
         raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be divisible by the {world} processes")
     P, G = cfg.prompts_per_step // world, cfg.group_size  # P: this rank's prompts per step
     weighting = build_weighting(variant.weighting, **variant.weighting_params())
+    # The default loss goes through ``policy_loss_terms`` as it always did (policy_loss=None); others by name.
+    loss_fn = (None if variant.policy_loss == DEFAULT_POLICY_LOSS
+               else build_policy_loss(variant.policy_loss, **variant.loss_params))
     advantage_fn = get_advantage_fn(cfg.advantage)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -787,12 +818,13 @@ def train(
             upd = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "n_opt": 0}
             for _epoch in range(cfg.ppo_epochs):
                 perm = torch.randperm(n_seq, generator=shuffle).tolist()
-                for mb_idx in np.array_split(np.asarray(perm), cfg.minibatches):
+                for mb_no, mb_idx in enumerate(np.array_split(np.asarray(perm), cfg.minibatches)):
                     mb = [rollouts[int(i)] for i in mb_idx]
                     # DDP averages gradients over ranks, so each rank normalises by (global count) / world.
                     denom = max(all_sum([loss_denominator(mb, cfg.agg)])[0], 1.0) / world
                     stats = accumulate_gradients(model, mb, cfg, denom=denom, pad_id=pad_id, accelerator=accelerator,
-                                                 ref_model=ref_model, step=step)
+                                                 ref_model=ref_model, step=step, policy_loss=loss_fn,
+                                                 loss_seed=derive_seed(cfg.seed, step, rank, "loss", _epoch, mb_no))
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     if not torch.isfinite(torch.as_tensor(grad_norm)):
                         raise TrainingDiverged(step, "gradient norm")

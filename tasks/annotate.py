@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from eapo import plots
-from eapo.annotate import annotate_tokens, cmi_probe, flatten, quadrant_summary
+from eapo.annotate import annotate_tokens, cmi_comparison, cmi_probe, flatten, quadrant_summary
 from eapo.config import Params
 from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_json_artifact
@@ -44,8 +44,7 @@ def annotate_task(params: Params) -> dict:
     publish_markdown("annotate-summary", "\n".join([
         "# annotate", "", f"- τ = {tau:.4f} nats (top {cfg.rho:.0%} of {n_tokens} response tokens)",
         f"- CMI probe: {n_cmi} positions; CMI ≤ H within the interval at **{bound_share:.0%}**",
-        f"- mean CMI, high-entropy positions: {summary['cmi']['mean_cmi_high']}; "
-        f"low: {summary['cmi']['mean_cmi_low']}", "", markdown_table(quadrant_table)]), "Annotate stage summary")
+        *_cmi_lines(summary["cmi"]), "", markdown_table(quadrant_table)]), "Annotate stage summary")
     publish_links("annotate-plot", [out / f for f in PLOT_FILES if f.endswith(".png")], "Annotate plots")
     return summary
 
@@ -64,7 +63,7 @@ def _annotate(params: Params, staged: StageOutputs):
         probes = cmi_probe(policy.model, policy.tokenizer, cols["prompt_ids"], cols["response_ids"], cols["answer"],
                            flat, scorer, positions=cfg.cmi.positions, k=cfg.cmi.k, m=cfg.cmi.m,
                            max_new_tokens=cfg.cmi.max_new_tokens, n_boot=cfg.cmi.bootstrap, ci=cfg.cmi.ci,
-                           seed=cfg.cmi.seed)
+                           seed=cfg.cmi.seed, tau=tau, high_share=cfg.cmi.high_share, estimator=cfg.cmi.estimator)
 
     lineage = make_lineage("annotate", params.subset(*PARAMS_KEYS), inputs={"rollouts": params.paths.rollouts},
                            seed=cfg.cmi.seed, extra={"tau": tau, "rho": cfg.rho, "tau_scope": "fixed" if cfg.tau
@@ -82,20 +81,30 @@ def _annotate(params: Params, staged: StageOutputs):
         "prompt_id": pid[flat.seq[p.token_index]], "sample_idx": sidx[flat.seq[p.token_index]],
         "position": int(flat.position[p.token_index]), "entropy": p.entropy, "entropy_decile": p.decile,
         "cmi": p.cmi, "cmi_lo": p.lo, "cmi_hi": p.hi, "p_mean": p.p_mean, "k": cfg.cmi.k, "m": cfg.cmi.m,
-        "bound_holds": bool(p.lo <= p.entropy + 1e-6),
+        "bound_holds": bool(p.lo <= p.entropy + 1e-6), "cmi_plugin": p.cmi_plugin, "estimator": cfg.cmi.estimator,
+        "high": p.high,
     } for p in probes]
     write_artifact(cmi_rows, staged.path(params.paths.cmi), "cmi", lineage)
 
     bound_share = float(np.mean([r["bound_holds"] for r in cmi_rows])) if cmi_rows else 0.0
     informative = [r for r in cmi_rows if 0 < r["p_mean"] < 1]
+    comparison = cmi_comparison(probes, n_boot=cfg.cmi.bootstrap, ci=cfg.cmi.ci, seed=cfg.cmi.seed)
     summary = {
         "tau": tau, "rho": cfg.rho, "tokens": len(labels), "responses": len(pid),
         "quadrants": stats,
         "cmi": {
+            "estimator": cfg.cmi.estimator, "k": cfg.cmi.k, "m": cfg.cmi.m, "ci": cfg.cmi.ci,
             "positions": len(cmi_rows), "bound_holds_share": bound_share,
             "informative_positions": len(informative),
-            "mean_cmi_high": _mean([r["cmi"] for r in cmi_rows if r["entropy"] >= tau]),
-            "mean_cmi_low": _mean([r["cmi"] for r in cmi_rows if r["entropy"] < tau]),
+            "n_high": comparison["high"]["n"], "n_low": comparison["low"]["n"],
+            "mean_cmi_high": comparison["high"]["mean_cmi"],
+            "mean_cmi_low": comparison["low"]["mean_cmi"],
+            "cmi_over_h_high": comparison["high"]["cmi_over_h"],
+            "cmi_over_h_low": comparison["low"]["cmi_over_h"],
+            "diff_high_low": comparison["diff_high_low"],
+            "diff_high_low_lo": comparison["diff_high_low_lo"],
+            "diff_high_low_hi": comparison["diff_high_low_hi"],
+            "strata": {k: comparison[k] for k in ("high", "low")},
             "corr_cmi_entropy": _corr([r["entropy"] for r in cmi_rows], [r["cmi"] for r in cmi_rows]),
         },
     }
@@ -116,8 +125,21 @@ def _annotate(params: Params, staged: StageOutputs):
     return summary, quadrant_table, tau, bound_share, len(cmi_rows), len(labels)
 
 
-def _mean(xs: list[float]) -> float | None:
-    return float(np.mean(xs)) if xs else None
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.4f}"
+
+
+def _cmi_lines(c: dict) -> list[str]:
+    """The high-vs-low CMI comparison in words, from the (bias-corrected) estimates."""
+    lines = [f"- estimator: {c['estimator']} (K = {c['k']}, M = {c['m']}); intervals at {c['ci']:.0%}"]
+    for name, label in (("high", "H ≥ τ"), ("low", "H < τ")):
+        s = c["strata"][name]
+        lines.append(f"- {label}: n = {s['n']}, mean CMI {_fmt(s['mean_cmi'])} [{_fmt(s['mean_cmi_lo'])}, "
+                     f"{_fmt(s['mean_cmi_hi'])}] nats, CMI/H = {_fmt(s['cmi_over_h'])} "
+                     f"(plug-in mean {_fmt(s['mean_cmi_plugin'])})")
+    lines.append(f"- high − low: {_fmt(c['diff_high_low'])} [{_fmt(c['diff_high_low_lo'])}, "
+                 f"{_fmt(c['diff_high_low_hi'])}] nats")
+    return lines
 
 
 def _corr(a: list[float], b: list[float]) -> float | None:

@@ -163,7 +163,7 @@ def _write_fixtures(tmp_path, rng):
     write_json_artifact(paths["quadrant_stats"], stats, ann)
     write_artifact([{"prompt_id": "a", "sample_idx": 0, "position": i, "entropy": e, "entropy_decile": i,
                      "cmi": c, "cmi_lo": c - 0.05, "cmi_hi": c + 0.05, "p_mean": 0.5, "k": 4, "m": 4,
-                     "bound_holds": True}
+                     "bound_holds": True, "cmi_plugin": c, "estimator": "jackknife", "high": e >= 2.0}
                     for i, (e, c) in enumerate([(0.5, 0.1), (1.0, 0.2), (3.0, 0.4), (4.0, 0.5)])],
                    paths["cmi"], "cmi", ann)
     return params_path, raw

@@ -94,6 +94,11 @@ def grpo(rewards: Tensor, group_ids: Tensor | Sequence, eps: float = 1e-6) -> Te
     verl's ``compute_grpo_outcome_advantage`` use. For G = 8 binary rewards it differs from the population std by
     sqrt(8/7) ≈ 1.07, a pure rescaling.
 
+    ε differs from TRL: TRL's GRPOTrainer divides by (std + 1e-4); the default here is 1e-6, as verl's
+    ``compute_grpo_outcome_advantage`` uses. With binary rewards a mixed group has std = sqrt(c(G−c)/(G(G−1))) ≥
+    sqrt(1/G) (c correct of G), so ε shrinks |A| by a relative ε/std ≤ ε·sqrt(G): at most 2.8e-4 with TRL's ε and
+    2.8e-6 with ours at G = 8. Pass ``eps=1e-4`` to match TRL exactly.
+
     rewards: [B]; group_ids: [B]. Returns [B] float.
     """
     r, mean, count, degenerate, idx, g = _group_moments(rewards, group_ids)

@@ -16,20 +16,34 @@ then normalise by the *global* quantity yourself and backward each micro-batch:
 
 from __future__ import annotations
 
+import abc
+import inspect
+import math
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "AGGREGATIONS",
+    "DEFAULT_POLICY_LOSS",
+    "POLICY_LOSSES",
+    "ClipCov",
+    "EntropyBonus",
+    "KLCov",
+    "PPOClip",
+    "PolicyLoss",
     "aggregate",
+    "build_policy_loss",
     "k3_kl",
     "policy_loss",
     "policy_loss_terms",
     "register_aggregation",
+    "register_policy_loss",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
+    "token_covariance",
     "token_mean",
 ]
 
@@ -198,3 +212,228 @@ def policy_loss(
         "approx_kl": float(approx_kl),
     }
     return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Policy losses by name: the clipped PPO/GRPO surrogate and the entropy-management baselines (issue 10 §4)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class PolicyLoss(abc.ABC):
+    """A per-token policy loss, picked by name (``build_policy_loss``) with validated parameters.
+
+    Call: ``loss(logp, old_logp, adv_tokens, mask, *, clip_low, clip_high, ref_logp=None, kl_coef=0.0,
+    entropy=None, generator=None) -> (terms [B, T], parts)``, all tensors [B, T] as in ``policy_loss_terms``.
+    ``terms`` is unreduced and 0 on masked tokens (the caller aggregates, see the module docstring); ``parts`` holds
+    detached ``ratio`` [B,T], ``clipped`` [B,T] bool (the PPO clip branch was taken) and ``selected`` [B,T] bool
+    (tokens a covariance rule singled out; all False for losses without one). ``entropy`` is the per-token entropy
+    *with* gradient (only losses with ``needs_entropy`` use it); ``generator`` seeds random token selection. The
+    KL-to-reference term (``kl_coef`` · k3) is added by every loss, as in ``policy_loss_terms``.
+    """
+
+    name: ClassVar[str] = "base"
+    needs_entropy: ClassVar[bool] = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The constructor parameters, for logging and lineage."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+    def __call__(self, logp: Tensor, old_logp: Tensor, adv_tokens: Tensor, mask: Tensor, *, clip_low: float = 0.2,
+                 clip_high: float = 0.28, ref_logp: Tensor | None = None, kl_coef: float = 0.0,
+                 entropy: Tensor | None = None, generator: torch.Generator | None = None
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        _check_shapes(logp=logp, old_logp=old_logp, adv_tokens=adv_tokens, mask=mask, ref_logp=ref_logp,
+                      entropy=entropy)
+        if self.needs_entropy and entropy is None:
+            raise ValueError(f"policy loss {self.name!r} needs the per-token entropy (with gradient)")
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        if kl_coef > 0 and ref_logp is None:
+            raise ValueError("kl_coef > 0 needs ref_logp")
+        m = mask.bool()
+        pg, parts = self._terms(logp, old_logp.detach(), adv_tokens.detach(), m, clip_low, clip_high, entropy,
+                                generator)
+        if kl_coef > 0:
+            pg = pg + kl_coef * k3_kl(logp, ref_logp.detach())
+        parts.setdefault("selected", torch.zeros_like(m))
+        return torch.where(m, pg, torch.zeros_like(pg)), parts
+
+    @abc.abstractmethod
+    def _terms(self, logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, clip_low: float, clip_high: float,
+               entropy: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-token loss before the KL-to-reference term and masking, and its parts."""
+
+
+POLICY_LOSSES: dict[str, type[PolicyLoss]] = {}
+#: The loss a variant uses unless it names another.
+DEFAULT_POLICY_LOSS = "ppo_clip"
+
+
+def register_policy_loss(name: str) -> Callable[[type[PolicyLoss]], type[PolicyLoss]]:
+    """Class decorator: register a ``PolicyLoss`` subclass under ``name``."""
+
+    def deco(cls: type[PolicyLoss]) -> type[PolicyLoss]:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        cls.name = name
+        POLICY_LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def build_policy_loss(name: str, **params: Any) -> PolicyLoss:
+    """Instantiate the policy loss ``name`` with ``params``; ValueError naming an unknown loss or parameter, or a
+    value out of range."""
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}")
+    cls = POLICY_LOSSES[name]
+    accepted = {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
+    for key in params:
+        if key not in accepted:
+            raise ValueError(f"policy loss {name!r} has no parameter {key!r}; accepted: {sorted(accepted)}")
+    return cls(**params)
+
+
+def _positive(name: str, value: Any, upper: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) <= upper):
+        raise ValueError(f"parameter {name!r} must be a number in (0, {upper}], got {value!r}")
+    return float(value)
+
+
+def _ppo_parts(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, clip_low: float, clip_high: float
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ratio, unclipped −r·Â, clipped −clip(r)·Â, clip taken) exactly as ``policy_loss_terms`` computes them."""
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"clip_low/clip_high must be >= 0, got {clip_low}, {clip_high}")
+    log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp)).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    pg1 = -ratio * adv
+    pg2 = -torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    return ratio, pg1, pg2, (pg2 > pg1) & mask
+
+
+def token_covariance(adv: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
+    """Cui et al. 2025's per-token centred cross-product (Â_t − mean Â)·(log π_t − mean log π), means over the valid
+    tokens of the batch it is given; detached, and −inf on masked tokens so that no selection picks them."""
+    m = mask.to(adv.dtype)
+    n = m.sum().clamp(min=1)
+    a = adv.detach()
+    lp = logp.detach()
+    cov = (a - (a * m).sum() / n) * (lp - (lp * m).sum() / n)
+    return torch.where(mask, cov, torch.full_like(cov, -math.inf))
+
+
+@register_policy_loss("ppo_clip")
+class PPOClip(PolicyLoss):
+    """The clipped PPO/GRPO/DAPO surrogate of ``policy_loss_terms`` (decoupled clip range ε_low/ε_high)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def _terms(self, logp, old_logp, adv, mask, clip_low, clip_high, entropy, generator):
+        ratio, pg1, pg2, clipped = _ppo_parts(logp, old_logp, adv, mask, clip_low, clip_high)
+        return torch.maximum(pg1, pg2), {"ratio": ratio.detach(), "clipped": clipped}
+
+
+@register_policy_loss("clip_cov")
+class ClipCov(PolicyLoss):
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models",
+    arXiv 2505.22617, §5; verl ``compute_policy_loss_clip_cov``): entropy collapse is driven by tokens whose
+    log-probability and advantage covary strongly, so a small random share of them is taken out of the update.
+
+    Per batch of valid tokens: cov_t = (Â_t − mean Â)(log π_t − mean log π). Among the tokens the PPO clip did not
+    already clip and with ``clip_cov_lb`` < cov_t < ``clip_cov_ub``, ``max(1, ⌊clip_ratio · N⌋)`` (N valid tokens)
+    are drawn uniformly at random (seeded by ``generator``) and get loss 0 (no gradient); all others get the clipped
+    PPO surrogate. Defaults are the paper's and verl's: clip_ratio 2e-4, bounds (1, 5). Deviation: verl's recipe also
+    widens the PPO clip range; here the variant shares the study's ε_low/ε_high, so only the covariance rule differs
+    from GRPO.
+    """
+
+    def __init__(self, clip_ratio: float = 2e-4, clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0) -> None:
+        self.clip_ratio = _positive("clip_ratio", clip_ratio, 1.0)
+        for key, v in (("clip_cov_lb", clip_cov_lb), ("clip_cov_ub", clip_cov_ub)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise ValueError(f"parameter {key!r} must be a finite number, got {v!r}")
+        if not clip_cov_lb < clip_cov_ub:
+            raise ValueError(f"clip_cov_lb ({clip_cov_lb}) must be < clip_cov_ub ({clip_cov_ub})")
+        self.clip_cov_lb, self.clip_cov_ub = float(clip_cov_lb), float(clip_cov_ub)
+
+    @property
+    def params(self):
+        return {"clip_ratio": self.clip_ratio, "clip_cov_lb": self.clip_cov_lb, "clip_cov_ub": self.clip_cov_ub}
+
+    def _terms(self, logp, old_logp, adv, mask, clip_low, clip_high, entropy, generator):
+        ratio, pg1, pg2, clipped = _ppo_parts(logp, old_logp, adv, mask, clip_low, clip_high)
+        cov = token_covariance(adv, logp, mask)
+        eligible = torch.nonzero(((cov > self.clip_cov_lb) & (cov < self.clip_cov_ub) & mask & ~clipped).reshape(-1))
+        n_sel = max(int(self.clip_ratio * int(mask.sum())), 1)
+        selected = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+        if len(eligible):
+            perm = torch.randperm(len(eligible), generator=generator)[:n_sel].to(eligible.device)
+            selected[eligible[perm, 0]] = True
+        selected = selected.reshape(mask.shape)
+        pg = torch.where(selected, torch.zeros_like(pg1), torch.maximum(pg1, pg2))
+        return pg, {"ratio": ratio.detach(), "clipped": clipped, "selected": selected}
+
+
+@register_policy_loss("kl_cov")
+class KLCov(PolicyLoss):
+    """KL-Cov (Cui et al. 2025, arXiv 2505.22617, §5; verl ``compute_policy_loss_kl_cov``): the plain
+    importance-weighted policy gradient −r·Â on every token (no ratio clipping), plus a KL penalty
+    ``ppo_kl_coef`` · |log π_θ − log π_old| on the ``max(1, ⌊kl_cov_ratio · N⌋)`` valid tokens with the largest
+    covariance cov_t = (Â_t − mean Â)(log π_t − mean log π) (ties broken by position). Defaults are verl's:
+    kl_cov_ratio 2e-4, ppo_kl_coef 1. The study's ε_low/ε_high are therefore unused by this loss, as in the paper.
+    """
+
+    def __init__(self, kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0) -> None:
+        self.kl_cov_ratio = _positive("kl_cov_ratio", kl_cov_ratio, 1.0)
+        self.ppo_kl_coef = _positive("ppo_kl_coef", ppo_kl_coef)
+
+    @property
+    def params(self):
+        return {"kl_cov_ratio": self.kl_cov_ratio, "ppo_kl_coef": self.ppo_kl_coef}
+
+    def _terms(self, logp, old_logp, adv, mask, clip_low, clip_high, entropy, generator):
+        log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp)).clamp(-20.0, 20.0)
+        ratio = torch.exp(log_ratio)
+        pg = -ratio * adv
+        n_valid = int(mask.sum())
+        selected = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+        if n_valid:
+            k = max(1, int(n_valid * self.kl_cov_ratio))
+            cov = token_covariance(adv, logp, mask).reshape(-1)
+            # A stable descending sort: equal covariances are taken in position order, deterministically.
+            top = torch.sort(cov, descending=True, stable=True).indices[:k]
+            selected[top] = True
+        selected = selected.reshape(mask.shape)
+        pg = torch.where(selected, pg + self.ppo_kl_coef * log_ratio.abs(), pg)
+        return pg, {"ratio": ratio.detach(), "clipped": torch.zeros_like(mask), "selected": selected}
+
+
+@register_policy_loss("entropy_bonus")
+class EntropyBonus(PolicyLoss):
+    """Entropy regularisation: the clipped PPO surrogate minus ``coef`` · H_t per token, so maximising the objective
+    also raises the policy's entropy (the PPO entropy bonus c₂, Schulman et al. 2017, arXiv 1707.06347; the baseline
+    Cui et al. 2025 argue covariance control beats). H_t is the full-vocabulary entropy at temperature 1 *with*
+    gradient (``eapo.core.entropy``'s chunked function). Default coef 1e-3: verl's long-standing
+    ``actor.entropy_coeff`` default for GRPO/PPO on LMs.
+    """
+
+    needs_entropy = True
+
+    def __init__(self, coef: float = 1e-3) -> None:
+        self.coef = _positive("coef", coef)
+
+    @property
+    def params(self):
+        return {"coef": self.coef}
+
+    def _terms(self, logp, old_logp, adv, mask, clip_low, clip_high, entropy, generator):
+        ratio, pg1, pg2, clipped = _ppo_parts(logp, old_logp, adv, mask, clip_low, clip_high)
+        ent = torch.where(mask, entropy, torch.zeros_like(entropy))
+        return torch.maximum(pg1, pg2) - self.coef * ent, {"ratio": ratio.detach(), "clipped": clipped}

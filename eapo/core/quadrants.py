@@ -5,6 +5,13 @@ is high (H ≥ τ) or low (H < τ). Tokens with advantage exactly 0 receive no p
 to no quadrant; padding/prompt tokens (mask False) belong to none either. Codes:
 
     0 pos_high   1 pos_low   2 neg_high   3 neg_low   -1 none
+
+Two different denominators, on purpose. ρ (``entropy_threshold``) is a share of **all** valid response tokens: τ is
+their (1 − ρ) quantile, whatever their advantage. Quadrant shares (``quadrant_stats``: ``share``) count only tokens
+**in a quadrant**, i.e. with a non-zero advantage. Tokens of all-equal groups (A = 0) enter τ but no quadrant, so the
+two high quadrants together hold ρ of the tokens only when high- and low-entropy tokens are equally likely to sit in
+all-equal groups; e.g. with ρ = 0.2 and a third of the tokens in all-equal groups (mostly low-entropy), the "high"
+share among quadrant tokens read 23%, not 20%.
 """
 
 from __future__ import annotations
@@ -47,10 +54,12 @@ def entropy_threshold(entropy: Tensor, mask: Tensor | None, rho: float) -> float
     Args:
         entropy: [N] (or any shape) per-token entropy.
         mask: same shape, bool; True = response token. None = all valid. Prompt/padding tokens never enter τ.
-        rho: share of high-entropy tokens, in (0, 1].
+        rho: share of high-entropy tokens among **all** valid tokens (A = 0 ones included), in (0, 1].
 
     Returns:
-        τ as a python float. No valid token → +inf, so that no token is high (and nothing downstream is selected).
+        τ as a python float, equal to one of the valid entropies in their own dtype (fp64 stays fp64), so the token at
+        the boundary is always ≥ τ. No valid token → +inf, so that no token is high (and nothing downstream is
+        selected).
     """
     if not (0.0 < rho <= 1.0):
         raise ValueError(f"rho must be in (0, 1], got {rho}")
@@ -65,8 +74,11 @@ def entropy_threshold(entropy: Tensor, mask: Tensor | None, rho: float) -> float
         return math.inf
     # The small slack keeps float noise in rho·n (e.g. 0.3·10 = 3.0000000000000004) from adding a token.
     k = min(n, max(1, math.ceil(rho * n - 1e-9)))
-    # k-th largest = (n − k + 1)-th smallest; kthvalue avoids torch.quantile's input-size limit.
-    return float(torch.kthvalue(h.float().cpu(), n - k + 1).values.item())
+    # k-th largest = (n − k + 1)-th smallest; kthvalue avoids torch.quantile's input-size limit. Computed in the
+    # input's dtype (fp32 and fp64 as given; fp16/bf16 widened to fp32, which holds them exactly), so τ *is* a stored
+    # entropy: casting fp64 entropies to fp32 would round τ up about half the time and drop the boundary token.
+    h = h.cpu() if h.dtype in (torch.float32, torch.float64) else h.float().cpu()
+    return float(torch.kthvalue(h, n - k + 1).values.item())
 
 
 def assign_quadrants(entropy: Tensor, advantage: Tensor, tau: float, mask: Tensor | None = None) -> Tensor:
@@ -115,7 +127,8 @@ def quadrant_stats(
     Returns:
         {quadrant: {count, share, mean_entropy, mean_abs_adv, mean_weight, grad_mass, grad_share}} for the four
         quadrants, where Â = A·w, grad_mass = Σ|Â|·‖∇‖ over the quadrant, and
-        share = count / (tokens in any quadrant), grad_share = grad_mass / Σ over all quadrants.
+        share = count / (tokens in any quadrant), grad_share = grad_mass / Σ over all quadrants. ``share`` therefore
+        excludes A = 0 tokens, while ρ (which set τ) counted them: see the module docstring.
         Empty quadrant: count 0, share 0.0, grad_mass 0.0, grad_share 0.0, and the means are None (undefined, not 0).
         If no token carries gradient mass, every grad_share is 0.0.
     """

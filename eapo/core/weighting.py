@@ -233,7 +233,8 @@ class KeepQuadrant(_QuadrantMask):
 
 @register_weighting("eapo")
 class EAPO(Weighting):
-    """EAPO, **this project's formulation**: a sign-preserving, capacity-guided reallocation of each response's advantage.
+    """EAPO, **this project's formulation**: a sign-preserving, capacity-guided reallocation of each response's
+    advantage.
 
     Honesty note: the EAPO paper's (arXiv 2604.11056) exact token-weighting formula is unpublished. What follows
     is our own formulation of its stated idea (entropy-aware credit assignment, with positive and negative updates

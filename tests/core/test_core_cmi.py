@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from eapo.core.cmi import binary_entropy, bootstrap_cmi, cmi_estimate, cmi_from_outcomes
+from eapo.core.cmi import (
+    CMI_ESTIMATORS,
+    DEFAULT_ESTIMATOR,
+    binary_entropy,
+    bootstrap_cmi,
+    cmi_estimate,
+    cmi_from_counts,
+    cmi_from_outcomes,
+    stratified_mean_difference,
+)
 
 
 def test_binary_entropy_values():
@@ -22,7 +31,9 @@ PI = np.full(4, 0.25)
 
 
 def _analytic_I(pi, p):
-    hb = lambda x: 0.0 if x in (0.0, 1.0) else -(x * math.log(x) + (1 - x) * math.log(1 - x))
+    def hb(x):
+        return 0.0 if x in (0.0, 1.0) else -(x * math.log(x) + (1 - x) * math.log(1 - x))
+
     return hb(float(pi @ p)) - float(sum(w * hb(x) for w, x in zip(pi, p)))
 
 
@@ -39,7 +50,10 @@ def test_cmi_limits():
     assert cmi_estimate([0.0, 1.0]) == pytest.approx(
         math.log(2)
     )  # token decides the outcome: I = H(Y) = log 2
-    assert cmi_from_outcomes([[1, 1, 1, 1], [0, 0, 0, 0]]) == pytest.approx(math.log(2))
+    assert cmi_from_outcomes([[1, 1, 1, 1], [0, 0, 0, 0]], estimator="plugin") == pytest.approx(math.log(2))
+    # The jackknife is mean-unbiased, not range-respecting: with K = 2 deterministic rows the pooled term's
+    # delete-one-row jackknife is 2·H_b(1/2) − 1·(H_b(0) + H_b(1))/2 = 2 log 2, the rows contribute 0.
+    assert cmi_from_outcomes([[1, 1, 1, 1], [0, 0, 0, 0]]) == pytest.approx(2 * math.log(2))
 
 
 def test_bootstrap_from_simulated_outcomes_contains_analytic_value():
@@ -57,13 +71,109 @@ def test_bootstrap_from_simulated_outcomes_contains_analytic_value():
     assert est <= math.log(4)
 
 
-def test_plug_in_bias_is_upward_for_small_m():
-    # Outcome independent of the token (I = 0): the plug-in estimate is ≥ 0 and on average ≈ (1 − 1/K)/(2M).
+def test_plug_in_bias_is_upward_at_the_null_and_can_be_downward_at_large_cmi():
+    # Second order (module docstring): bias ≈ (1 − 1/K)/(2M) − Var_π(p)/(2K·p̄(1 − p̄)).
     rng = np.random.default_rng(0)
     K, M = 8, 8
-    ests = [cmi_from_outcomes(rng.random((K, M)) < 0.5) for _ in range(400)]
-    assert min(ests) >= 0.0
-    assert np.mean(ests) == pytest.approx((1 - 1 / K) / (2 * M), rel=0.25)
+    null = rng.binomial(M, 0.5, size=(20000, K)).astype(float)
+    ests = CMI_ESTIMATORS["plugin"](null, M)
+    assert ests.min() >= 0.0
+    assert ests.mean() == pytest.approx((1 - 1 / K) / (2 * M), rel=0.25)  # upward at I = 0
+    K, M = 4, 16
+    p = np.where(rng.random((20000, K)) < 0.5, 0.2, 0.8)
+    truth = binary_entropy(0.5) - binary_entropy(0.2)
+    bias = CMI_ESTIMATORS["plugin"](rng.binomial(M, p).astype(float), M).mean() - truth
+    assert bias < -0.01  # few alternatives, large CMI: the plug-in reads low
+    assert bias == pytest.approx((1 - 1 / K) / (2 * M) - 0.09 / (2 * K * 0.25), abs=0.01)
+
+
+def _simulated_counts(rng, p_of_alternative, K, M, n):
+    """n probes: K alternatives drawn iid (as the probe draws them) with success probability p_of_alternative(u)
+    for u ~ U(0, 1), then M Bernoulli continuations each. Returns counts [n, K]."""
+    p = p_of_alternative(rng.random((n, K)))
+    return rng.binomial(M, p).astype(float)
+
+
+CALIBRATION = [
+    ("null p=0.1", lambda u: np.full_like(u, 0.1), 0.0),
+    ("null p=0.5", lambda u: np.full_like(u, 0.5), 0.0),
+    ("half 0.2 / half 0.8", lambda u: np.where(u < 0.5, 0.2, 0.8),
+     float(binary_entropy(0.5) - binary_entropy(0.2))),
+]
+
+
+@pytest.mark.parametrize("name, p_of, truth", CALIBRATION, ids=[c[0] for c in CALIBRATION])
+def test_default_estimator_is_calibrated_at_k_m_8(name, p_of, truth):
+    """Issue 10 §3: mean bias of the default estimator within ±0.015 nats at K = M = 8; the plug-in fails it."""
+    assert DEFAULT_ESTIMATOR == "jackknife"
+    rng = np.random.default_rng(12345)
+    K = M = 8
+    counts = _simulated_counts(rng, p_of, K, M, 40000)
+    default = CMI_ESTIMATORS[DEFAULT_ESTIMATOR](counts, M)
+    se = default.std() / np.sqrt(len(default))
+    assert se < 0.001  # the check below is about bias, not Monte-Carlo noise
+    assert abs(default.mean() - truth) <= 0.015, f"{name}: bias {default.mean() - truth:+.4f}"
+    plugin_bias = CMI_ESTIMATORS["plugin"](counts, M).mean() - truth
+    assert plugin_bias > 0.03  # what the default fixes
+    # The default probe size (params.yaml annotate.cmi: K = 4, M = 8) is calibrated as well.
+    small = CMI_ESTIMATORS[DEFAULT_ESTIMATOR](_simulated_counts(rng, p_of, 4, 8, 40000), 8)
+    assert abs(small.mean() - truth) <= 0.015, f"{name}, K=4, M=8: bias {small.mean() - truth:+.4f}"
+    # cmi_from_outcomes uses the default on an actual 0/1 matrix: same value as the count-based estimator.
+    row = counts[0].astype(int)
+    o = (np.arange(M)[None, :] < row[:, None]).astype(int)
+    assert cmi_from_outcomes(o) == pytest.approx(float(default[0]))
+    assert cmi_from_outcomes(o, estimator="plugin") == pytest.approx(cmi_estimate(row / M))
+
+
+def test_jackknife_hand_computed():
+    # K = 2, M = 2, counts [2, 0]: rows deterministic → row terms 0; pooled H_b(1/2) = log 2, deletes give H_b(0) and
+    # H_b(1) = 0, so pooled JK = 2·log 2 − 1·0.
+    assert cmi_from_counts([2, 0], 2) == pytest.approx(2 * math.log(2))
+    # Counts [1, 1], M = 2: row term per row 2·log 2 − 1·(H_b(0) + H_b(1))/2 = 2 log 2; pooled: p̄ = 1/2 and deleting
+    # either row leaves 1/2 → 2·log 2 − log 2 = log 2. CMI = log 2 − 2 log 2 = −log 2.
+    assert cmi_from_counts([1, 1], 2) == pytest.approx(-math.log(2))
+    # Miller–Madow: [1, 1], M = 2: pooled log 2 + 1/8, rows log 2 + 1/4 → −1/8.
+    assert cmi_from_counts([1, 1], 2, "miller_madow") == pytest.approx(-1 / 8)
+    with pytest.raises(ValueError, match="K >= 2"):
+        cmi_from_counts([3], 4)  # one alternative: no delete-one-alternative jackknife
+    with pytest.raises(ValueError, match="unknown CMI estimator"):
+        cmi_from_counts([1, 2], 4, "nsb")
+    assert cmi_from_counts([3], 4, "plugin") == 0.0
+
+
+def test_bootstrap_bootstraps_the_corrected_estimator():
+    rng = np.random.default_rng(7)
+    o = (rng.random((8, 8)) < 0.5).astype(int)
+    est, lo, hi = bootstrap_cmi(o, n_boot=400, seed=1)
+    assert est == pytest.approx(cmi_from_outcomes(o))
+    assert lo <= est <= hi
+    pe, plo, phi = bootstrap_cmi(o, n_boot=400, seed=1, estimator="plugin")
+    assert pe == pytest.approx(cmi_from_outcomes(o, estimator="plugin"))
+    assert pe > est  # the plug-in reads higher at the null (truth 0) ...
+    assert lo < 0.0 < hi and phi > hi  # ... the corrected interval covers 0 and sits lower
+
+
+def test_bootstrap_interval_covers_the_truth_at_the_nominal_rate():
+    # 90% intervals over 150 simulated probes at K = M = 8 (half 0.2 / half 0.8): measured 0.94 over 1500.
+    rng = np.random.default_rng(3)
+    truth = float(binary_entropy(0.5) - binary_entropy(0.2))
+    hits = 0
+    for i in range(150):
+        p = np.where(rng.random(8) < 0.5, 0.2, 0.8)
+        o = (rng.random((8, 8)) < p[:, None]).astype(int)
+        _, lo, hi = bootstrap_cmi(o, n_boot=200, seed=i, ci=0.9)
+        hits += lo <= truth <= hi
+    assert hits / 150 >= 0.84
+
+
+def test_stratified_mean_difference():
+    d, lo, hi = stratified_mean_difference([0.3, 0.2, 0.25, 0.35], [0.0, 0.05, -0.05, 0.0], n_boot=500, seed=0)
+    assert d == pytest.approx(0.275)
+    assert 0 < lo <= d <= hi
+    d0, lo0, hi0 = stratified_mean_difference([0.1, -0.1, 0.05], [0.0, 0.1, -0.05], n_boot=500, seed=0)
+    assert lo0 < 0 < hi0
+    with pytest.raises(ValueError):
+        stratified_mean_difference([], [0.1])
 
 
 def test_bootstrap_is_seeded_and_validates():

@@ -133,3 +133,133 @@ def test_shape_mismatch_raises():
         policy_loss(
             torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool)
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Policy losses by name: ppo_clip, clip_cov, kl_cov, entropy_bonus (hand-computed examples)
+
+
+def test_ppo_clip_by_name_equals_policy_loss_terms():
+    from eapo.core.losses import DEFAULT_POLICY_LOSS, build_policy_loss
+
+    assert DEFAULT_POLICY_LOSS == "ppo_clip"
+    logp, old, adv, mask = _batch()
+    ref = old + 0.1 * torch.randn_like(old)
+    want, want_parts = policy_loss_terms(logp, old, adv, mask, 0.2, 0.28, ref_logp=ref, kl_coef=0.3,
+                                         return_parts=True)
+    got, parts = build_policy_loss("ppo_clip")(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, ref_logp=ref,
+                                               kl_coef=0.3)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(parts["clipped"], want_parts["clipped"]) and not parts["selected"].any()
+
+
+def _cov_example():
+    # One response, 4 valid tokens. Â = [3, 1, −1, −3] (mean 0); log π = [−0.5, −1.5, −1.5, −2.5] (mean −1.5), so
+    # cov = Â·(log π + 1.5) = [3, 0, 0, 3]. Token 3 has old log π = log π + 0.5: r = e^−0.5 ≈ 0.607 < 1 − 0.2 with
+    # Â < 0, so PPO clips it (−clip(r)·Â = 2.4 > −r·Â ≈ 1.82). Tokens 0-2 are on-policy (r = 1).
+    logp = torch.tensor([[-0.5, -1.5, -1.5, -2.5]], requires_grad=True)
+    old = torch.tensor([[-0.5, -1.5, -1.5, -2.0]])
+    adv = torch.tensor([[3.0, 1.0, -1.0, -3.0]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    return logp, old, adv, mask
+
+
+def test_clip_cov_hand_computed():
+    from eapo.core.losses import build_policy_loss
+
+    logp, old, adv, mask = _cov_example()
+    loss = build_policy_loss("clip_cov")  # paper defaults: ratio 2e-4 → max(1, ⌊2e-4·4⌋) = 1 token, cov in (1, 5)
+    assert loss.params == {"clip_ratio": 2e-4, "clip_cov_lb": 1.0, "clip_cov_ub": 5.0}
+    terms, parts = loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, generator=torch.Generator().manual_seed(0))
+    # Eligible: cov in (1, 5) and not PPO-clipped → token 0 only (token 3 is clipped). It is detached (loss 0).
+    assert parts["selected"].tolist() == [[True, False, False, False]]
+    assert parts["clipped"].tolist() == [[False, False, False, True]]
+    torch.testing.assert_close(terms, torch.tensor([[0.0, -1.0, 1.0, 2.4]]))
+    terms.sum().backward()
+    # d(−r·Â)/d log π = −r·Â on unclipped tokens; 0 on the selected and on the clipped token.
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -1.0, 1.0, 0.0]]))
+
+
+def test_clip_cov_draws_the_documented_number_of_tokens_reproducibly():
+    from eapo.core.losses import build_policy_loss
+
+    torch.manual_seed(0)
+    adv = torch.tensor([[2.0] * 10 + [-2.0] * 10])
+    logp = torch.cat([torch.full((1, 10), -0.2), torch.full((1, 10), -2.2)], dim=1)  # cov = 2·1 = 2 on every token
+    mask = torch.ones_like(adv, dtype=torch.bool)
+    loss = build_policy_loss("clip_cov", clip_ratio=0.25)  # ⌊0.25·20⌋ = 5 of the 20 eligible tokens
+    picks = [loss(logp, logp, adv, mask, generator=torch.Generator().manual_seed(s))[1]["selected"] for s in (1, 1, 2)]
+    assert [int(p.sum()) for p in picks] == [5, 5, 5]
+    assert torch.equal(picks[0], picks[1]) and not torch.equal(picks[0], picks[2])
+    # Bounds exclude: with cov ≈ 2 everywhere and lb = 2.5, nothing is eligible → plain PPO.
+    narrow = build_policy_loss("clip_cov", clip_ratio=0.25, clip_cov_lb=2.5, clip_cov_ub=5.0)
+    assert not narrow(logp, logp, adv, mask)[1]["selected"].any()
+
+
+def test_kl_cov_hand_computed():
+    from eapo.core.losses import build_policy_loss
+
+    # Â = [3, 1, −1, −3] (mean 0); log π = [−0.5, −1.5, −1.5, −2.0] (mean −1.375), centred [0.875, −0.125, −0.125,
+    # −0.625] → cov = [2.625, −0.125, 0.125, 1.875]; the top-1 token is token 0.
+    logp = torch.tensor([[-0.5, -1.5, -1.5, -2.0]], requires_grad=True)
+    old = torch.tensor([[-0.6, -1.5, -1.5, -1.5]])  # log r = [0.1, 0, 0, −0.5]
+    adv = torch.tensor([[3.0, 1.0, -1.0, -3.0]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    loss = build_policy_loss("kl_cov")  # verl defaults: ratio 2e-4 → max(1, 0) = 1 token, coef 1
+    assert loss.params == {"kl_cov_ratio": 2e-4, "ppo_kl_coef": 1.0}
+    terms, parts = loss(logp, old, adv, mask)
+    assert parts["selected"].tolist() == [[True, False, False, False]]
+    r0, r3 = math.exp(0.1), math.exp(-0.5)
+    # Token 0: −r·Â + |log r| = −3e^0.1 + 0.1; token 3 is NOT clipped (KL-Cov has no ratio clip): −r·Â = 3e^−0.5.
+    torch.testing.assert_close(terms, torch.tensor([[-3 * r0 + 0.1, -1.0, 1.0, 3 * r3]]))
+    terms.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-3 * r0 + 1.0, -1.0, 1.0, 3 * r3]]))
+    two = build_policy_loss("kl_cov", kl_cov_ratio=0.5)(logp, old, adv, mask)[1]["selected"]
+    assert two.tolist() == [[True, False, False, True]]  # the two largest covariances
+
+
+def test_entropy_bonus_hand_computed_and_raises_entropy():
+    from eapo.core.entropy import logprob_entropy_from_logits
+    from eapo.core.losses import build_policy_loss
+
+    loss = build_policy_loss("entropy_bonus")
+    assert loss.params == {"coef": 1e-3} and loss.needs_entropy
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    mask = torch.tensor([[True, True, False]])
+    ent = torch.tensor([[2.0, 0.5, 9.0]], requires_grad=True)
+    terms, _ = build_policy_loss("entropy_bonus", coef=0.1)(logp, logp, adv, mask, entropy=ent)
+    # r = 1: −Â − 0.1·H on valid tokens, 0 on the masked one.
+    torch.testing.assert_close(terms, torch.tensor([[-1.0 - 0.2, 1.0 - 0.05, 0.0]]), rtol=0, atol=1e-7)
+    terms.sum().backward()
+    torch.testing.assert_close(ent.grad, torch.tensor([[-0.1, -0.1, 0.0]]))
+    with pytest.raises(ValueError, match="needs the per-token entropy"):
+        loss(logp, logp, adv, mask)
+    # With Â = 0 only the bonus acts: a gradient step on the logits raises the entropy.
+    logits = torch.randn(1, 3, 11, generator=torch.Generator().manual_seed(0)) * 3
+    logits.requires_grad_(True)
+    targets = torch.tensor([[1, 2, 3]])
+    lp, h = logprob_entropy_from_logits(logits, targets)
+    zero = torch.zeros_like(lp)
+    terms, _ = build_policy_loss("entropy_bonus", coef=1.0)(lp, lp.detach(), zero, torch.ones_like(zero).bool(),
+                                                             entropy=h)
+    terms.sum().backward()
+    with torch.no_grad():
+        _, h_after = logprob_entropy_from_logits(logits - 0.5 * logits.grad, targets)
+    assert (h_after > h.detach()).all()
+
+
+def test_policy_loss_registry_validates():
+    from eapo.core.losses import POLICY_LOSSES, build_policy_loss
+
+    assert {"ppo_clip", "clip_cov", "kl_cov", "entropy_bonus"} <= set(POLICY_LOSSES)
+    with pytest.raises(ValueError, match="unknown policy loss"):
+        build_policy_loss("dpo")
+    with pytest.raises(ValueError, match="no parameter 'ratio'"):
+        build_policy_loss("clip_cov", ratio=0.1)
+    with pytest.raises(ValueError, match="coef"):
+        build_policy_loss("entropy_bonus", coef=-1.0)
+    with pytest.raises(ValueError, match="clip_cov_lb"):
+        build_policy_loss("clip_cov", clip_cov_lb=5.0, clip_cov_ub=1.0)
+    with pytest.raises(ValueError, match="kl_coef > 0 needs ref_logp"):
+        build_policy_loss("kl_cov")(*_cov_example(), kl_coef=0.1)

@@ -47,6 +47,17 @@ def test_threshold_all_equal_makes_all_high():
     assert codes.tolist() == [0, 0, 0, 2, 2, 2]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_threshold_keeps_the_boundary_token_in_the_input_dtype(dtype):
+    # τ must be the k-th largest entropy *as stored*: rounding a float64 τ to float32 rounds it up about half the
+    # time, and then the boundary token (H == τ in float64) is no longer ≥ τ and drops out of the high set.
+    for seed in range(40):
+        h = torch.rand(25, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        tau = entropy_threshold(h, None, 0.2)
+        assert int((h >= tau).sum()) == 5, f"seed {seed}: τ = {tau!r} dropped or added a token"
+        assert tau == float(torch.sort(h, descending=True).values[4])
+
+
 def test_threshold_rho_validation():
     for rho in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="rho"):

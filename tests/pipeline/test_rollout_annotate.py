@@ -79,10 +79,62 @@ def test_annotate_outputs_are_consistent(tiny_run):
     assert sum(shares) == pytest.approx(1.0, abs=1e-6) or sum(shares) == 0.0
     cmi, _ = read_artifact(params.paths.cmi, "cmi")
     assert 0 < cmi.num_rows <= params.annotate.cmi.positions
-    assert all(0 <= v <= np.log(2) + 1e-6 for v in cmi["cmi"].to_pylist())
+    assert all(0 <= v <= np.log(2) + 1e-6 for v in cmi["cmi_plugin"].to_pylist())
+    assert set(cmi["estimator"].to_pylist()) == {params.annotate.cmi.estimator} == {"jackknife"}
+    # Positions are stratified on τ: half above, half below (4 positions → 2 + 2), and `high` says which.
+    ent, high = np.array(cmi["entropy"].to_pylist()), np.array(cmi["high"].to_pylist())
+    assert (high == (ent >= np.float32(summary["tau"]))).all()
+    assert high.sum() == cmi.num_rows - high.sum() == params.annotate.cmi.positions // 2
+    c = stats["cmi"]
+    assert c["estimator"] == "jackknife" and c["n_high"] == c["n_low"] == 2
+    assert c["mean_cmi_high"] == pytest.approx(np.mean(np.array(cmi["cmi"].to_pylist())[high]), abs=1e-6)
+    assert c["diff_high_low"] == pytest.approx(c["mean_cmi_high"] - c["mean_cmi_low"], abs=1e-9)
+    assert c["diff_high_low_lo"] <= c["diff_high_low"] <= c["diff_high_low_hi"]
     # Lineage walks back to the prompts.
     tree = lineage_tree(params.paths.tokens)
     assert tree["inputs"]["rollouts"]["inputs"]["prompts_train"]["lineage"]["stage"] == "prepare"
+
+
+def test_stratified_positions_split_on_tau_and_spread_within_each_stratum():
+    from eapo.annotate import stratified_positions
+
+    entropy = np.linspace(0.0, 3.0, 200).astype(np.float32)  # 40 tokens (20%) at or above τ = entropy[160]
+    tau = float(entropy[160])
+    idx, deciles = stratified_positions(entropy, 16, seed=0, tau=tau)
+    assert len(idx) == 16 and len(set(idx.tolist())) == 16
+    high = entropy[idx] >= tau
+    assert high.sum() == 8  # half above τ, where entropy deciles would have put 2 of 16
+    # One pick per equal-count entropy bin within each stratum: picks are ordered like the bins.
+    hi_idx, lo_idx = np.sort(idx[high]), np.sort(idx[~high])
+    assert all(160 + 5 * b <= j < 160 + 5 * (b + 1) for b, j in enumerate(hi_idx))
+    assert all(20 * b <= j < 20 * (b + 1) for b, j in enumerate(lo_idx))
+    assert deciles.tolist() == np.searchsorted(np.quantile(entropy, np.linspace(0, 1, 11)[1:-1]), entropy[idx],
+                                               side="right").tolist()
+    again, _ = stratified_positions(entropy, 16, seed=0, tau=tau)
+    assert again.tolist() == idx.tolist()
+    # Too few tokens above τ: the low stratum takes the remaining picks.
+    idx, _ = stratified_positions(entropy, 16, seed=0, tau=float(entropy[-3]))
+    assert len(idx) == 16 and (entropy[idx] >= entropy[-3]).sum() == 3
+
+
+def test_cmi_comparison_from_probe_results():
+    from eapo.annotate import ProbeResult, cmi_comparison
+
+    def probe(i, h, cmi, high):
+        return ProbeResult(i, h, 0, cmi, cmi - 0.1, cmi + 0.1, 0.5, np.zeros((2, 2)), cmi + 0.05, high)
+
+    probes = [probe(0, 2.0, 0.30, True), probe(1, 1.0, 0.10, True), probe(2, 0.2, 0.02, False),
+              probe(3, 0.1, -0.02, False)]
+    out = cmi_comparison(probes, n_boot=300, ci=0.9, seed=0)
+    assert out["high"]["n"] == out["low"]["n"] == 2
+    assert out["high"]["mean_cmi"] == pytest.approx(0.2) and out["low"]["mean_cmi"] == pytest.approx(0.0)
+    assert out["high"]["cmi_over_h"] == pytest.approx(0.2 / 1.5)
+    assert out["low"]["mean_cmi_plugin"] == pytest.approx(0.05)
+    assert out["diff_high_low"] == pytest.approx(0.2)
+    assert out["diff_high_low_lo"] <= 0.2 <= out["diff_high_low_hi"]
+    only_high = cmi_comparison(probes[:2], n_boot=50, ci=0.9, seed=0)
+    assert only_high["low"]["n"] == 0 and only_high["low"]["mean_cmi"] is None
+    assert only_high["diff_high_low"] is None
 
 
 def test_dvc_repro_rollout_after_prepare(prefect_api, tmp_path):
