@@ -77,10 +77,8 @@ def cmi_frame() -> pd.DataFrame:
 
 
 def steps_frame() -> pd.DataFrame:
-    from eapo.contracts import _STEP_COLUMNS
-
     data: dict[str, list] = {}
-    for name, typ in _STEP_COLUMNS:
+    for name in CONTRACTS["steps"].schema.names:
         if name == "step":
             data[name] = list(range(N))
         elif name == "variant":
