@@ -37,7 +37,7 @@ def test_register_advantage_adds_by_name_and_refuses_a_duplicate():
     try:
         assert adv_mod.register_advantage("test_half")(half) is half
         assert adv_mod.get_advantage_fn("test_half") is half
-        with pytest.raises(ValueError, match="advantage 'test_half' is already registered"):
+        with pytest.raises(ValueError, match="^advantage 'test_half' is already registered$"):
             adv_mod.register_advantage("test_half")(half)
     finally:
         adv_mod.ADVANTAGES.pop("test_half", None)
@@ -52,7 +52,7 @@ def test_register_aggregation_adds_by_name_and_refuses_a_duplicate():
         v = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
         m = torch.tensor([[True, False], [True, True]])
         assert losses_mod.aggregate(v, m, "test_sum").item() == 8.0
-        with pytest.raises(ValueError, match="aggregation 'test_sum' is already registered"):
+        with pytest.raises(ValueError, match="^aggregation 'test_sum' is already registered$"):
             losses_mod.register_aggregation("test_sum")(total)
     finally:
         losses_mod.AGGREGATIONS.pop("test_sum", None)
@@ -130,6 +130,11 @@ def test_group_index_tensor_and_sequence_ids():
     assert idx2.tolist() == [0, 1, 0] and g2 == 2 and idx2.dtype == torch.long
     empty, g0 = group_index(torch.tensor([], dtype=torch.long))
     assert empty.numel() == 0 and g0 == 0
+
+
+def test_rewards_and_groups_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="^rewards has 3 elements but group_ids has 2$"):
+        grpo(torch.ones(3), [0, 0])
 
 
 def test_grpo_keeps_float64_rewards_in_float64():
@@ -231,7 +236,7 @@ def test_policy_loss_validates_its_arguments():
 def test_mean_pass_at_k_single_prompt_and_empty():
     assert mean_pass_at_k(4, [2], 1) == 0.5
     assert mean_pass_at_k([4, 2], [[1], [2]], 2) == pytest.approx((0.5 + 1.0) / 2)
-    with pytest.raises(ValueError, match="mean_pass_at_k needs at least one prompt"):
+    with pytest.raises(ValueError, match="^mean_pass_at_k needs at least one prompt$"):
         mean_pass_at_k(4, [], 1)
 
 
@@ -239,32 +244,37 @@ def test_avg_at_k_shapes_and_messages():
     assert avg_at_k([1, 0, 0, 1]) == 0.5  # one prompt, flat
     assert avg_at_k([[1], [0, 1]]) == 0.75  # ragged with a single-sample row
     assert avg_at_k(np.array([[True, False], [True, True]])) == 0.75
-    with pytest.raises(ValueError, match="avg_at_k: a prompt has no samples"):
+    with pytest.raises(ValueError, match="^avg_at_k: a prompt has no samples$"):
         avg_at_k([[1, 0], []])
-    with pytest.raises(ValueError, match="avg_at_k needs at least one sample"):
+    with pytest.raises(ValueError, match="^avg_at_k needs at least one sample$"):
         avg_at_k([])
 
 
 def test_paired_bootstrap_diff_defaults_and_messages():
     a = np.array([1.0, 0.5, 0.0, 1.0, 0.75])
     b = np.array([0.5, 0.5, 0.0, 0.25, 1.0])
-    # The documented defaults: 1000 resamples, seed 0, 95 %, of the per-prompt differences.
-    assert paired_bootstrap_diff(a, b) == bootstrap_ci(a - b, n_boot=1000, seed=0, ci=0.95)
+    # The documented defaults: 1000 resamples, seed 0, 95 %, of the per-prompt differences (continuous values, so a
+    # different seed or count moves the interval).
+    x, y = np.random.default_rng(7).random(60), np.random.default_rng(8).random(60)
+    assert paired_bootstrap_diff(x, y) == bootstrap_ci(x - y, n_boot=1000, seed=0, ci=0.95)
+    assert paired_bootstrap_diff(x, y) != bootstrap_ci(x - y, n_boot=1000, seed=1, ci=0.95)
+    # Per-prompt correctness as booleans: differences are taken as numbers (numpy refuses bool − bool).
+    assert paired_bootstrap_diff([True, True, False], [False, True, False])[0] == pytest.approx(1 / 3)
     assert paired_bootstrap_diff(a, b, n_boot=50, seed=3, ci=0.5) == bootstrap_ci(a - b, n_boot=50, seed=3, ci=0.5)
     assert paired_bootstrap_diff([1.0], [0.0]) == (1.0, 1.0, 1.0)  # a single prompt is a valid (degenerate) pair
     assert paired_bootstrap_diff([[1.0, 0.0]], [[0.0, 0.0]])[0] == 0.5  # flattened
-    with pytest.raises(ValueError, match=r"non-empty and paired \(same length\), got 2 and 1"):
+    with pytest.raises(ValueError, match=r"^a and b must be non-empty and paired \(same length\), got 2 and 1$"):
         paired_bootstrap_diff([1.0, 0.0], [1.0])
     with pytest.raises(ValueError, match="got 0 and 0"):
         paired_bootstrap_diff([], [])
 
 
 def test_bootstrap_ci_validates():
-    with pytest.raises(ValueError, match="bootstrap_ci needs at least one value"):
+    with pytest.raises(ValueError, match="^bootstrap_ci needs at least one value$"):
         bootstrap_ci([])
-    with pytest.raises(ValueError, match="n_boot must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="^n_boot must be >= 1, got 0$"):
         bootstrap_ci([1.0], n_boot=0)
-    with pytest.raises(ValueError, match=r"ci must be in \(0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"^ci must be in \(0, 1\), got 1.0$"):
         bootstrap_ci([1.0], ci=1.0)
 
 
@@ -275,14 +285,19 @@ def test_curve_auc_offset_unsorted_and_single_point():
     assert curve_auc([[2, 4], [5, 6]], [[1, 3], [3, 3]], normalize=False) == 10.0  # flattened; +1·(3+3)/2
     # Spans below 1 still normalise: steps (0, 0.5), values (1, 1) → area 0.5 over span 0.5 = 1.
     assert curve_auc([0.0, 0.5], [1.0, 1.0]) == 1.0
+    # Boolean values are numbers: (1 + 1)/2 per unit step, not True.
+    assert curve_auc([0, 1, 2], [True, True, True]) == 1.0
+    # Tied steps keep their input order (a stable sort): steps 0 (values 20..39), then 1 (0..19), then 2 (40);
+    # the area is (39 + 0)/2 + (19 + 40)/2 = 49. An unstable sort mixes the tied values and changes it.
+    assert curve_auc([1] * 20 + [0] * 20 + [2], list(range(41)), normalize=False) == 49.0
     # A single point: its value, or 0 area raw.
     assert curve_auc([3], [0.25]) == 0.25
     assert curve_auc([3], [0.25], normalize=False) == 0.0
     # Two points on the same step: zero span, the raw area (0) is returned rather than a division by zero.
     assert curve_auc([1, 1], [0.5, 0.7]) == 0.0
-    with pytest.raises(ValueError, match="steps and values must be non-empty and of equal length"):
+    with pytest.raises(ValueError, match="^steps and values must be non-empty and of equal length$"):
         curve_auc([0, 1], [1.0])
-    with pytest.raises(ValueError, match="steps and values must be non-empty and of equal length"):
+    with pytest.raises(ValueError, match="^steps and values must be non-empty and of equal length$"):
         curve_auc([], [])
 
 
@@ -291,7 +306,5 @@ def test_steps_to_threshold():
     assert steps_to_threshold([3, 0, 2, 1], [0.9, 0.1, 0.5, 0.4], 0.5) == 2.0
     assert steps_to_threshold([0, 1, 2], [0.1, 0.2, 0.3], 0.5) is None
     assert steps_to_threshold([[0, 1], [2, 3]], [[0.0, 0.7], [0.0, 0.9]], 0.6) == 1.0
-    # Equal steps keep their input order (stable sort): the first listed value at step 1 is the one that counts.
-    assert steps_to_threshold([1, 1, 0], [0.9, 0.1, 0.0], 0.5) == 1.0
-    with pytest.raises(ValueError, match="steps and values must have equal length"):
+    with pytest.raises(ValueError, match="^steps and values must have equal length$"):
         steps_to_threshold([0, 1], [0.5], 0.1)
