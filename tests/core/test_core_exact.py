@@ -308,3 +308,8 @@ def test_steps_to_threshold():
     assert steps_to_threshold([[0, 1], [2, 3]], [[0.0, 0.7], [0.0, 0.9]], 0.6) == 1.0
     with pytest.raises(ValueError, match="^steps and values must have equal length$"):
         steps_to_threshold([0, 1], [0.5], 0.1)
+
+
+def test_top_entropy_default_rho_is_the_80_20_share():
+    assert build_weighting("top_entropy").rho == 0.2
+    assert build_weighting("drop_quadrant", quadrant="pos_low").rho == 0.2
