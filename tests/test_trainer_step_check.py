@@ -259,3 +259,14 @@ def test_one_training_step_against_an_independent_computation(base, prompts, tmp
         assert row[f"count_{q}"] == counts[q]
         assert row[f"grad_share_{q}"] == pytest.approx(mass[q] / sum(mass.values()), rel=1e-5, abs=1e-7)
         assert row[f"weighted_grad_share_{q}"] == pytest.approx(wmass[q] / sum(wmass.values()), rel=1e-5, abs=1e-7)
+
+
+def test_loss_denominator_counts_tokens_or_non_empty_responses():
+    rows = [trainer_mod.Rollout([1, 2], [5, 6, 7], [-1.0] * 3, [1.0] * 3),
+            trainer_mod.Rollout([1, 2], [], [], []),  # an empty response: no token, and no sequence either
+            trainer_mod.Rollout([3], [8], [-1.0], [-1.0])]
+    assert trainer_mod.loss_denominator(rows, "token_mean") == 4.0
+    assert trainer_mod.loss_denominator(rows, "seq_mean_token_mean") == 2.0
+    assert trainer_mod.loss_denominator(rows, "seq_mean_token_sum_norm") == 2.0
+    with pytest.raises(ValueError, match="^unknown aggregation 'mean'$"):
+        trainer_mod.loss_denominator(rows, "mean")
