@@ -157,9 +157,34 @@ def test_stops_at_first_eos_greedy(tiny, prompts, backend):
     _check_teacher_forcing(tiny.model, cut)
 
 
-def test_default_eos_is_the_tokenizer_eos(tiny, prompts):
-    out = sample(tiny.model, tiny.tokenizer, prompts[:1], n=2, max_new_tokens=4, seed=0)
-    _check_structure(out, prompts[:1], 2, 4, [tiny.tokenizer.eos_token_id])
+def _eos_biased(tiny, bias: float):
+    """A copy of the tiny model whose LM head has a bias toward the tokenizer's eos. Unbiased, the near-uniform
+    model never samples eos among 49152 tokens, so no test of the default eos could fail; with bias b the chance per
+    token is about e^b / (e^b + 49152): b = 9.7 gives ~25%."""
+    import copy
+
+    model = copy.deepcopy(tiny.model)
+    old = model.get_output_embeddings()
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight = old.weight  # still tied to the input embedding
+        head.bias.zero_()
+        head.bias[tiny.tokenizer.eos_token_id] = bias
+    model.set_output_embeddings(head)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["fast", "generate"])
+def test_default_eos_is_the_tokenizer_eos(tiny, prompts, backend):
+    eos = tiny.tokenizer.eos_token_id
+    model = _eos_biased(tiny, 9.7)
+    out = sample(model, tiny.tokenizer, prompts, n=4, max_new_tokens=6, seed=0, backend=backend)
+    # Some responses end at the (default) eos and some run to the length limit: both paths are exercised.
+    assert {s.finish_reason for s in out} == {"eos", "length"}
+    _check_structure(out, prompts, 4, 6, [eos])
+    for s in out:
+        assert (s.finish_reason == "eos") == (s.response_ids[-1] == eos)
+    _check_teacher_forcing(model, out)
 
 
 def test_progress_bar_and_callback(tiny, prompts):

@@ -32,12 +32,14 @@ def test_dr_grpo_and_rloo_hand_computed():
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
 def test_zero_variance_and_singleton_groups_give_exact_zero(name):
     fn = get_advantage_fn(name)
-    # Group "a": all 0.1 (mean is not exactly 0.1 in float); "b": all 1; "c": one member; "d": mixed.
-    rewards = torch.tensor([0.1, 0.1, 0.1, 1.0, 1.0, 1.0, 0.0, 1.0])
-    groups = ["a", "a", "a", "b", "b", "c", "d", "d"]
+    # Group "a": eight 0.1 (their float32 mean is 0.1 + 7.5e-9, not 0.1: three 0.1 would average exactly and could
+    # not see a missing zero-variance rule); "b": all 1; "c": one member; "d": mixed.
+    rewards = torch.tensor([0.1] * 8 + [1.0, 1.0, 1.0, 0.0, 1.0])
+    groups = ["a"] * 8 + ["b", "b", "c", "d", "d"]
+    assert (rewards[:8].sum() / 8).item() != rewards[0].item()  # the premise
     adv = fn(rewards, groups)
-    assert torch.all(adv[:6] == 0.0)
-    assert adv[6] < 0 < adv[7]
+    assert torch.all(adv[:11] == 0.0)
+    assert adv[11] < 0 < adv[12]
 
 
 def test_int_rewards_and_string_vs_tensor_groups_agree():

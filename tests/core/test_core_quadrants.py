@@ -17,7 +17,10 @@ from eapo.core.quadrants import (
 def test_threshold_top_k_convention():
     h = torch.arange(10, dtype=torch.float32)  # 0..9
     assert entropy_threshold(h, None, 0.2) == 8.0  # top 2 tokens: 8, 9
-    assert entropy_threshold(h, None, 0.3) == 7.0  # 0.3·10 is 3.0000000000000004 in float; still 3 tokens
+    assert entropy_threshold(h, None, 0.3) == 7.0  # 3 tokens
+    # ρ·n just above an integer in float: 0.07·100 = 7.000000000000001 (0.3·10 is exactly 3.0 and cannot show it).
+    assert 0.07 * 100 > 7
+    assert entropy_threshold(torch.arange(100, dtype=torch.float32), None, 0.07) == 93.0  # 7 tokens, not 8
     assert entropy_threshold(h, None, 1.0) == 0.0  # everything high
     assert entropy_threshold(h, None, 0.01) == 9.0  # at least one token is high
 

@@ -43,7 +43,15 @@ def test_tau_none_uses_own_rho():
     h, a, s, m = _batch()
     wfn = build_weighting("top_entropy", rho=0.25)
     assert wfn.needs_tau and wfn.rho == 0.25
-    assert torch.equal(wfn(h, a, s, m, None), wfn(h, a, s, m, entropy_threshold(h, m, 0.25)))
+    # Expected without the project's threshold: the ceil(0.25·n) largest valid entropies (distinct random values).
+    valid = sorted(h[m].tolist(), reverse=True)
+    k = -(-len(valid) // 4)
+    expected = torch.tensor([float(m[i] and h[i].item() >= valid[k - 1]) for i in range(len(h))])
+    w = wfn(h, a, s, m, None)
+    assert int(w.sum()) == k
+    assert torch.equal(w, expected)
+    # A top-entropy weighting with another rho picks another set: the weighting's own rho is what is used.
+    assert int(build_weighting("top_entropy", rho=0.5)(h, a, s, m, None).sum()) == -(-len(valid) // 2)
 
 
 def test_top_entropy_keeps_about_rho():

@@ -1,0 +1,272 @@
+"""An independent check of one real training step on the tiny random Llama (issue 16).
+
+``train`` runs one step for real (sampling, reward, annotation, update). Spies record what the step works on and
+what the update receives: the samples (``trainer.sample``), the rewards (the reward function), every minibatch handed
+to ``accumulate_gradients`` with its denominator and returned sums, and every call of ``policy_loss_terms`` inside it.
+The test then recomputes, in plain Python and without the project's math:
+
+- each response's advantage (R − mean)/(std + ε) over its own group (unbiased std, 0 for a group without contrast),
+  times the variant's token weight w, and compares it with the Â the update receives, token by token: rewarded
+  responses positive, the others negative;
+- the per-token clipped surrogate from the log-probs the update saw, and the logged loss as Σℓ over the
+  *minibatch's* denominator (tokens, or non-empty responses), averaged over the optimizer steps;
+- τ, the quadrant counts and the gradient shares Σ|Â|·‖e_y − π‖ with ‖e_y − π‖ = sqrt(1 − 2p + Σπ²) from p = exp(log p).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from eapo import trainer as trainer_mod
+from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
+from eapo.data import generate
+from eapo.policy import Policy, load_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CFG = ModelConfig(name_or_path="tiny-random-llama", threads=1)
+REWARD_CFG = RewardConfig(workers=1)
+EPS = 1e-6  # the advantage's ε (grpo's default)
+G = 4
+# One step, two minibatches of four responses, micro-batches of two: the loss denominator of a minibatch is then
+# visibly not the step's, and gradient accumulation runs.
+CFG = TrainConfig(steps=1, prompts_per_step=2, group_size=G, max_new_tokens=8, batch_size=8, micro_batch_size=2,
+                  minibatches=2, lr=1e-3, checkpoint_every=1, seed=0, rho=0.25)
+
+
+def parity_reward(responses: list[str], golds: list[str]) -> list[float]:
+    """A reward the random model earns about half the time, so groups mix and advantages are non-zero."""
+    return [float(len(r) % 2 == 0) for r in responses]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base() -> Policy:
+    """The tiny random Llama with its (tied) embedding scaled ×6: its next-token entropies then spread over
+    ≈ 9.5-10.3 nats instead of 10.790 ± 0.0003, so a floor φ and the quantile τ split the tokens for real."""
+    pol = load_policy("tiny-random-llama", cache_dir=ROOT / ".cache" / "models", seed=0)
+    model = copy.deepcopy(pol.model)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(6.0)
+    return Policy(model, pol.tokenizer, dict(pol.info))
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[dict]:
+    return [dataclasses.asdict(r) for r in generate(12, families=("add",), levels=(1,), seed=0)]
+
+
+@dataclasses.dataclass
+class Spy:
+    samples: list = dataclasses.field(default_factory=list)
+    rewards: list[float] = dataclasses.field(default_factory=list)
+    minibatches: list[dict] = dataclasses.field(default_factory=list)
+
+
+def run_one_step(base, prompts, tmp_path, monkeypatch, variant, cfg) -> tuple[dict, Spy]:
+    spy = Spy()
+    real_sample, real_acc, real_terms = trainer_mod.sample, trainer_mod.accumulate_gradients, \
+        trainer_mod.policy_loss_terms
+
+    def sample_spy(*a, **kw):
+        out = real_sample(*a, **kw)
+        spy.samples.extend(out)
+        return out
+
+    def reward_spy(texts, golds):
+        r = parity_reward(texts, golds)
+        spy.rewards.extend(r)
+        return r
+
+    def acc_spy(model, rollouts, cfg_, *, denom, **kw):
+        entry = {"rollouts": [copy.deepcopy(r) for r in rollouts], "denom": denom, "calls": []}
+        spy.minibatches.append(entry)
+        stats = real_acc(model, rollouts, cfg_, denom=denom, **kw)
+        entry["stats"] = dict(stats)
+        return stats
+
+    def terms_spy(logp, old_logp, adv, mask, *a, **kw):
+        out = real_terms(logp, old_logp, adv, mask, *a, **kw)
+        terms = out[0] if isinstance(out, tuple) else out
+        spy.minibatches[-1]["calls"].append({"logp": logp.detach().double(), "old_logp": old_logp.double(),
+                                             "adv": adv.double(), "mask": mask.bool(), "terms": terms.detach()})
+        return out
+
+    monkeypatch.setattr(trainer_mod, "sample", sample_spy)
+    monkeypatch.setattr(trainer_mod, "accumulate_gradients", acc_spy)
+    monkeypatch.setattr(trainer_mod, "policy_loss_terms", terms_spy)
+    policy = Policy(copy.deepcopy(base.model), base.tokenizer, dict(base.info))
+    res = trainer_mod.train(policy, prompts, cfg, "v", variant, MODEL_CFG, REWARD_CFG, tmp_path,
+                            reward_fn=reward_spy)
+    return res.steps[0], spy
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The expectation, computed independently
+
+
+def group_advantages(rewards: list[float], g: int) -> list[float]:
+    out = []
+    for k in range(0, len(rewards), g):
+        grp = rewards[k:k + g]
+        mean = sum(grp) / len(grp)
+        if max(grp) == min(grp):
+            out += [0.0] * len(grp)
+            continue
+        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / (len(grp) - 1))
+        out += [(x - mean) / (std + EPS) for x in grp]
+    return out
+
+
+def token_weights(variant: VariantConfig, entropies: list[float], adv: float) -> list[float]:
+    if variant.weighting == "none":
+        return [1.0] * len(entropies)
+    assert variant.weighting == "eapo"
+    cap = [h if h >= variant.phi else 0.0 for h in entropies]
+    mean = sum(cap) / len(cap)
+    r = [c / mean if mean > 0 else 0.0 for c in cap]
+    alpha = variant.alpha_neg if (variant.alpha_neg is not None and adv < 0) else variant.alpha
+    return [(1 - alpha) + alpha * x for x in r]
+
+
+def surrogate(logp: float, old: float, a: float, lo: float, hi: float) -> float:
+    ratio = math.exp(logp - old)
+    return -min(ratio * a, min(max(ratio, 1 - lo), 1 + hi) * a)
+
+
+def k_largest(values: list[float], rho: float) -> float:
+    k = max(1, math.ceil(round(rho * len(values), 9)))
+    return sorted(values, reverse=True)[k - 1]
+
+
+VARIANTS = {
+    "grpo-token_mean": (VariantConfig(weighting="none"), "token_mean"),
+    # φ inside the sharpened model's entropy range, so that some tokens have no capacity.
+    "eapo-seq_mean_token_mean": (VariantConfig(weighting="eapo", alpha=0.5, phi=10.15, alpha_neg=0.25),
+                                 "seq_mean_token_mean"),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_one_training_step_against_an_independent_computation(base, prompts, tmp_path, monkeypatch, name):
+    variant, agg = VARIANTS[name]
+    cfg = dataclasses.replace(CFG, agg=agg)
+    row, spy = run_one_step(base, prompts, tmp_path, monkeypatch, variant, cfg)
+    samples, rewards = spy.samples, spy.rewards
+    assert len(samples) == len(rewards) == cfg.prompts_per_step * G
+    assert all(s.prompt_index == i // G for i, s in enumerate(samples))
+
+    # The premise: at least one group mixes rewards, so advantages of both signs reach the update.
+    adv = group_advantages(rewards, G)
+    assert any(a > 0 for a in adv) and any(a < 0 for a in adv)
+
+    # 1. Â per token = A_i · w_{i,t}, for every response, as the update's rollouts carry it.
+    expected, all_w = {}, []
+    for s, r, a in zip(samples, rewards, adv):
+        w = token_weights(variant, list(s.entropies), a)
+        all_w += w
+        expected[(tuple(s.prompt_ids), tuple(s.response_ids))] = (r, [a * x for x in w], list(s.logprobs))
+    if variant.weighting == "eapo":  # the premise: the weights are not trivially 1, some tokens have no capacity
+        assert len({round(x, 6) for x in all_w}) > 4 and min(all_w) in (0.5, 0.75)
+    seen = Counter()
+    for mb in spy.minibatches:
+        for ro in mb["rollouts"]:
+            key = (tuple(ro.prompt_ids), tuple(ro.response_ids))
+            assert key in expected
+            seen[key] += 1
+            r, adv_hat, old = expected[key]
+            assert ro.adv_tokens == pytest.approx(adv_hat, rel=1e-5, abs=1e-6)
+            assert ro.old_logp == pytest.approx(old, abs=1e-7)
+            if max(rewards) != min(rewards) and any(x != 0 for x in adv_hat):
+                assert all((x > 0) if r == 1.0 else (x < 0) for x in ro.adv_tokens), (r, ro.adv_tokens)
+    assert sum(seen.values()) == len(samples) * cfg.ppo_epochs  # every response once per epoch
+
+    # 2. What policy_loss_terms receives is exactly the minibatch's Â and old log-probs (in any row order), and the
+    #    logged loss is Σℓ over the minibatch's denominator.
+    assert len(spy.minibatches) == cfg.minibatches * cfg.ppo_epochs
+    total_tokens = sum(len(s.response_ids) for s in samples)
+    losses = []
+    for mb in spy.minibatches:
+        ros = mb["rollouts"]
+        received_adv, received_old = [], []
+        independent = 0.0
+        for call in mb["calls"]:
+            m = call["mask"]
+            for b in range(m.shape[0]):
+                sel = m[b]
+                received_adv.append(tuple(round(x, 5) for x in call["adv"][b][sel].tolist()))
+                received_old.append(tuple(round(x, 5) for x in call["old_logp"][b][sel].tolist()))
+                ell = [surrogate(lp, o, a, cfg.clip_low, cfg.clip_high) for lp, o, a in
+                       zip(call["logp"][b][sel].tolist(), call["old_logp"][b][sel].tolist(),
+                           call["adv"][b][sel].tolist())]
+                if agg == "token_mean":
+                    independent += sum(ell)
+                elif ell:
+                    independent += sum(ell) / len(ell)
+                # the function's own terms agree with the hand-computed surrogate (and are 0 off the mask)
+                assert call["terms"][b][sel].tolist() == pytest.approx(ell, rel=1e-5, abs=1e-7)
+                assert torch.all(call["terms"][b][~sel] == 0)
+        assert Counter(received_adv) == Counter(tuple(round(x, 5) for x in r.adv_tokens) for r in ros)
+        assert Counter(received_old) == Counter(tuple(round(x, 5) for x in r.old_logp) for r in ros)
+        if agg == "token_mean":
+            denom = sum(len(r.response_ids) for r in ros)
+            assert denom < total_tokens  # the minibatch's tokens, not the step's
+        else:
+            denom = sum(1 for r in ros if r.response_ids)
+            assert denom < len(samples)
+        assert mb["denom"] == denom
+        assert mb["stats"]["tokens"] == sum(len(r.response_ids) for r in ros)
+        assert mb["stats"]["loss"] == pytest.approx(independent / denom, rel=1e-5, abs=1e-7)
+        losses.append(independent / denom)
+    assert row["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5, abs=1e-7)
+
+    # 3. Sample statistics, τ, quadrant counts and the gradient shares from p = exp(log p) and Σπ².
+    ent = [h for s in samples for h in s.entropies]
+    assert row["reward_mean"] == pytest.approx(sum(rewards) / len(rewards))
+    assert row["accuracy"] == pytest.approx(sum(r == 1.0 for r in rewards) / len(rewards))
+    groups = [rewards[k:k + G] for k in range(0, len(rewards), G)]
+    assert row["mixed_groups"] == pytest.approx(sum(max(g) != min(g) for g in groups) / len(groups))
+    assert row["tokens"] == total_tokens
+    assert row["entropy_mean"] == pytest.approx(sum(ent) / len(ent), rel=1e-6)
+    tau = k_largest(ent, cfg.rho)
+    assert row["tau"] == tau
+    counts = Counter()
+    mass, wmass = Counter(), Counter()
+    for s, a in zip(samples, adv):
+        w = token_weights(variant, list(s.entropies), a)
+        for h, lp, sp2, wt in zip(s.entropies, s.logprobs, s.sum_p_sq, w):
+            if a == 0:
+                continue
+            q = ("pos_" if a > 0 else "neg_") + ("high" if h >= tau else "low")
+            g = math.sqrt(max(1.0 - 2.0 * math.exp(lp) + sp2, 0.0))
+            counts[q] += 1
+            mass[q] += abs(a) * g
+            wmass[q] += abs(a * wt) * g
+    for q in ("pos_high", "pos_low", "neg_high", "neg_low"):
+        assert row[f"count_{q}"] == counts[q]
+        assert row[f"grad_share_{q}"] == pytest.approx(mass[q] / sum(mass.values()), rel=1e-5, abs=1e-7)
+        assert row[f"weighted_grad_share_{q}"] == pytest.approx(wmass[q] / sum(wmass.values()), rel=1e-5, abs=1e-7)
+
+
+def test_loss_denominator_counts_tokens_or_non_empty_responses():
+    rows = [trainer_mod.Rollout([1, 2], [5, 6, 7], [-1.0] * 3, [1.0] * 3),
+            trainer_mod.Rollout([1, 2], [], [], []),  # an empty response: no token, and no sequence either
+            trainer_mod.Rollout([3], [8], [-1.0], [-1.0])]
+    assert trainer_mod.loss_denominator(rows, "token_mean") == 4.0
+    assert trainer_mod.loss_denominator(rows, "seq_mean_token_mean") == 2.0
+    assert trainer_mod.loss_denominator(rows, "seq_mean_token_sum_norm") == 2.0
+    with pytest.raises(ValueError, match="^unknown aggregation 'mean'$"):
+        trainer_mod.loss_denominator(rows, "mean")
