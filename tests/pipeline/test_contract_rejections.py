@@ -72,7 +72,8 @@ def cmi_frame() -> pd.DataFrame:
         "prompt_id": ["p0", "p0", "p1", "p1"], "sample_idx": [0, 0, 1, 1], "position": [0, 3, 0, 3],
         "entropy": [0.5, 2.0, 0.0, 1.0], "entropy_decile": [0, 9, 3, 5], "cmi": [0.1, 0.0, 0.6, 0.3],
         "cmi_lo": [0.0, 0.0, 0.5, 0.1], "cmi_hi": [0.2, 0.0, 0.69, 0.4], "p_mean": [0.5, 0.0, 1.0, 0.25],
-        "k": [4] * N, "m": [4] * N, "bound_holds": [True, True, False, True],
+        "k": [4] * N, "m": [8] * N, "bound_holds": [True, True, False, True],
+        "cmi_plugin": [0.12, 0.0, 0.65, 0.3], "estimator": ["jackknife"] * N, "high": [False, True, False, True],
     })
 
 
@@ -109,6 +110,8 @@ FRAMES = {"prompts": prompts_frame, "rollouts": rollouts_frame, "tokens": tokens
 
 def _set(col, value):
     def f(df):
+        if value is None and df[col].dtype == bool:  # a bool column holds no null: make it nullable first
+            df[col] = df[col].astype(object)
         df.at[BAD, col] = value
     return f
 
@@ -171,11 +174,14 @@ CASES: list[tuple[str, str, tuple[str, ...], object]] = [
      lambda df: (_set("advantage", 0.0)(df))),  # A = 0 has no quadrant: "neg_low" is now wrong
 
     *[("cmi", NOT_NULL, (c,), _set(c, None))
-      for c in ("prompt_id", "position", "entropy", "cmi", "cmi_lo", "cmi_hi", "k", "m")],
+      for c in ("prompt_id", "position", "entropy", "cmi", "cmi_lo", "cmi_hi", "k", "m", "cmi_plugin", "estimator",
+                "high")],
     ("cmi", "ExpectCompoundColumnsToBeUnique", ("prompt_id", "sample_idx", "position"),
      _copy_row(3, ["position"])),
-    ("cmi", "ExpectColumnValuesToBeBetween", ("cmi",), _set("cmi", 0.7)),  # > log 2
-    ("cmi", "ExpectColumnValuesToBeBetween", ("cmi",), _set("cmi", -0.01)),
+    # The bias-corrected `cmi` may leave [0, log 2] at one position; the plug-in value never does.
+    ("cmi", "ExpectColumnValuesToBeBetween", ("cmi_plugin",), _set("cmi_plugin", 0.7)),  # > log 2
+    ("cmi", "ExpectColumnValuesToBeBetween", ("cmi_plugin",), _set("cmi_plugin", -0.01)),
+    ("cmi", "ExpectColumnValuesToBeInSet", ("estimator",), _set("estimator", "guess")),
     ("cmi", "ExpectColumnValuesToBeBetween", ("entropy",), _set("entropy", -0.01)),
     ("cmi", "ExpectColumnValuesToBeBetween", ("entropy_decile",), _set("entropy_decile", 10)),
     ("cmi", "ExpectColumnValuesToBeBetween", ("p_mean",), _set("p_mean", 1.01)),
