@@ -4,6 +4,7 @@ of the batch check is benchmarks/bench_reward_pool.py (about a minute; too slow 
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,16 @@ CONSTANT_S = 3.0
 def test_extraction_runs_under_the_per_item_timeout():
     """Issue 12: extraction ran in the calling process, outside the timeout (8 crafted responses took 24 s with
     timeout_s=1). A response whose extraction alone takes seconds now ends as "timeout" after timeout_s."""
-    text = "the answer: is not this one " * 70_000 + "so 7"  # 2M characters, every candidate refused
-    t0 = time.perf_counter()
-    grade(text[: len(text) // 10], "7")
-    tenth = time.perf_counter() - t0
     timeout_s = 0.5
-    assert tenth * 10 > 2 * timeout_s, tenth  # in process, the whole text takes several timeouts
+    # Size the text from this machine's speed, so that in process the whole of it takes about five timeouts.
+    unit = "the answer: is not this one " * 7_000
+    t0 = time.perf_counter()
+    grade(unit + "so 7", "7")
+    per_unit = time.perf_counter() - t0
+    text = unit * max(1, math.ceil(5 * timeout_s / per_unit)) + "so 7"  # every candidate refused
+    t0 = time.perf_counter()
+    grade(text, "7")
+    assert time.perf_counter() - t0 > 2 * timeout_s  # the premise: in process it overruns the timeout
     with RewardScorer(timeout_s=timeout_s, workers=1, max_chars=len(text)) as scorer:
         scorer.start()
         t0 = time.perf_counter()
