@@ -35,6 +35,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from eapo.core.stats import _percentile_interval
+
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive"
@@ -54,12 +56,6 @@ class BootResult:
     seeds: int
     units: int
     """Units (prompts, steps, positions) per seed."""
-
-
-def _interval(stats: np.ndarray, ci: float) -> tuple[float, float]:
-    a = (1.0 - ci) / 2.0
-    lo, hi = np.quantile(stats, [a, 1.0 - a])
-    return float(lo), float(hi)
 
 
 def _check(n_boot: int, ci: float) -> None:
@@ -108,7 +104,7 @@ def hierarchical_bootstrap(d: np.ndarray, n_boot: int = 2000, seed: int | None =
     else:
         stats = draws.mean(axis=2).mean(axis=1)
         est = float(x.mean(axis=1).mean())
-    lo, hi = _interval(stats, ci)
+    lo, hi = _percentile_interval(stats, ci)
     return BootResult(est, lo, hi, float(np.std(stats, ddof=1)), bootstrap_p_value(stats), s, p)
 
 
@@ -123,7 +119,7 @@ def two_sample_bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed:
     rng = np.random.default_rng(seed)
     stats = (a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
              - b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1))
-    lo, hi = _interval(stats, ci)
+    lo, hi = _percentile_interval(stats, ci)
     return BootResult(float(a.mean() - b.mean()), lo, hi, float(np.std(stats, ddof=1)), bootstrap_p_value(stats), 1,
                       int(a.size + b.size))
 
