@@ -28,6 +28,7 @@ from eapo import trainer as trainer_mod
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.data import generate
 from eapo.policy import Policy, load_policy
+from tests.test_trainer import _one_thread, parity_reward  # noqa: F401  (_one_thread: an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CFG = ModelConfig(name_or_path="tiny-random-llama", threads=1)
@@ -38,19 +39,6 @@ G = 4
 # visibly not the step's, and gradient accumulation runs.
 CFG = TrainConfig(steps=1, prompts_per_step=2, group_size=G, max_new_tokens=8, batch_size=8, micro_batch_size=2,
                   minibatches=2, lr=1e-3, checkpoint_every=1, seed=0, rho=0.25)
-
-
-def parity_reward(responses: list[str], golds: list[str]) -> list[float]:
-    """A reward the random model earns about half the time, so groups mix and advantages are non-zero."""
-    return [float(len(r) % 2 == 0) for r in responses]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
