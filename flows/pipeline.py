@@ -79,6 +79,15 @@ def _check(params_path: Path, overrides: dict[str, Any]) -> None:
     params_from_dict(raw)
 
 
+def dvc_set_args(overrides: dict[str, Any]) -> list[str]:
+    """Dotted overrides as `dvc exp run -S key=value` arguments: YAML flow-style values, as the CLI would parse them,
+    each on one line (YAML wraps long lists at 80 columns, and DVC's Hydra override parser rejects a newline)."""
+    import yaml
+
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True, width=float('inf')).strip().removesuffix('...').strip()}"
+            for k, v in overrides.items()]
+
+
 @task(name="dvc-repro", cache_policy=NO_CACHE)
 def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, force: bool) -> dict:
     from dvc.repo import Repo
@@ -87,11 +96,7 @@ def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, f
     t0 = time.perf_counter()
     with Repo(root) as repo:
         if overrides:
-            # `dvc exp run -S key=value`: YAML values, as the CLI would parse them.
-            import yaml
-
-            sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                    for k, v in overrides.items()]
+            sets = dvc_set_args(overrides)
             logger.info("dvc exp run %s", " ".join(f"-S {s}" for s in sets))
             results = repo.experiments.run(targets=targets or None, params=sets, force=force)
             ran = sorted(results) if results else []

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from eapo.config import params_from_dict, set_dotted
-from flows.pipeline import flatten_profile, load_profile, study_overrides
+from flows.pipeline import dvc_set_args, flatten_profile, load_profile, study_overrides
 from tests.conftest import ROOT
 
 PROFILE = ROOT / "configs" / "replicated.params.yaml"
@@ -40,3 +40,18 @@ def test_replicated_profile_is_valid_and_covers_every_variant():
     test_prompts = round(params.prepare.synthetic.n * params.prepare.test_fraction)
     assert test_prompts >= params.evaluate.num_prompts
     assert max(params.evaluate.pass_k) <= params.evaluate.k
+
+
+def test_every_profile_key_reaches_dvc_as_one_parsable_set_argument():
+    """The replicated profile's 10-variant list once reached `dvc exp run -S` wrapped over two lines (YAML's 80-column
+    flow style), and DVC's Hydra override parser rejected it: the replicated study could not start."""
+    from dvc.utils.hydra import to_hydra_overrides
+
+    profile = load_profile(PROFILE)
+    sets = dvc_set_args(profile)
+    assert len(sets) == len(profile) and all("\n" not in s for s in sets)
+    parsed = {o.key_or_group: o.value() for o in to_hydra_overrides(sets)}
+    assert parsed["study.variants"] == profile["study.variants"]
+    assert parsed["study.seeds"] == profile["study.seeds"] and parsed["train.steps"] == profile["train.steps"]
+    # Strings that YAML would quote stay one value; nested mappings survive.
+    assert dvc_set_args({"a.b": "x y", "c": {"d": [1, 2]}}) == ["a.b=x y", "c={d: [1, 2]}"]
