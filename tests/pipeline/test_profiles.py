@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from eapo.config import params_from_dict, set_dotted
+from eapo.data.synthetic import generate
 from flows.pipeline import dvc_set_args, flatten_profile, load_profile, study_overrides
 from tests.conftest import ROOT
 
@@ -38,6 +39,10 @@ def test_replicated_profile_is_valid_and_covers_every_variant():
     params = params_from_dict(raw)
     assert params.study.seeds == profile["study.seeds"]
     test_prompts = round(params.prepare.synthetic.n * params.prepare.test_fraction)
+    # The prompt space is large enough: the profile once asked for 150 one-digit additions, of which there are 100.
+    fams = params.prepare.synthetic.families
+    assert len(generate(params.prepare.synthetic.n, families=list(fams), levels=fams,
+                        seed=params.prepare.synthetic.seed)) == params.prepare.synthetic.n
     assert test_prompts >= params.evaluate.num_prompts
     assert max(params.evaluate.pass_k) <= params.evaluate.k
 
