@@ -19,4 +19,10 @@ _QUIET_ENV = {
 for _key, _value in _QUIET_ENV.items():
     os.environ.setdefault(_key, _value)
 
+# OpenMP threads sleep at a barrier instead of spinning. On a shared machine a spinning thread burns the CPU its
+# descheduled partner needs: beside a one-core load, a 2-thread training step took 2.0x its unloaded time with libgomp's
+# default and 1.7x with PASSIVE (benchmarks/bench_threading.py). libgomp reads this when torch is imported, so it only
+# takes effect where eapo is imported first (every stage, the CLI and the tests are); a user's own value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

@@ -52,6 +52,14 @@ def test_annotation(out, tmp_path):
     assert (tmp_path / "bench_annotation.json").is_file()
 
 
+def test_threading(out, tmp_path):
+    res = _load("bench_threading").main([*out, "--batch", "2", "--tokens", "8", "--steps", "1",
+                                         "--thread-counts", "1", "--policies", "PASSIVE"])
+    assert [(r["threads"], r["OMP_WAIT_POLICY"]) for r in res["rows"]] == [(1, "PASSIVE")]
+    assert all(_positive(r["loaded / alone"]) for r in res["rows"])
+    assert all(len(v) == 1 and _positive(v[0]) for v in res["raw"].values())
+
+
 def test_flops(out, tmp_path):
     res = _load("bench_flops").main([*out, "--mm", "64", "--mm-iters", "1", "--batch", "4", "--tokens", "2",
                                      "--seq", "8"])
