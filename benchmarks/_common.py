@@ -101,7 +101,8 @@ def write_results(name: str, payload: dict[str, Any], results_dir: str | Path | 
 def add_common_args(parser, *, reps: int, model: str = SMOLLM2) -> None:
     parser.add_argument("--reps", type=int, default=reps, help=f"interleaved repetitions (default {reps})")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: on 2 shared, loaded cores 2 threads can be 20x slower)")
+                        help="torch intra-op threads (default 1: on 2 shared, loaded cores 2 threads can be "
+                             "20x slower)")
     parser.add_argument("--model", action="append", default=None,
                         help=f"policy name or path; repeatable (default: {model})")
     parser.add_argument("--results-dir", default=None, help="where <name>.json goes (default benchmarks/results)")
@@ -165,8 +166,8 @@ def emit_child_result(obj: dict[str, Any]) -> None:
 
 def run_child(script: Path, args: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> dict:
     """Run ``python script args`` and return the JSON it emitted with ``emit_child_result``."""
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, cwd=ROOT, env={**os.environ, **(env or {})})
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(CHILD_TAG):
             return json.loads(line[len(CHILD_TAG):])

@@ -13,7 +13,9 @@
 
 Staging directories, locks and the run record live next to the outputs under names starting with `.eapo-`
 (`.dvcignore` keeps them out of DVC's directory hashes). The run record `.eapo-run-<stage>.json` holds what must not
-be in a DVC-tracked file: the creation time, the git commit and the wall time.
+be in a DVC-tracked file: the creation time, the git commit, the wall time, and what the stage process cost (seconds
+since the process started, its start-up included; CPU seconds; peak RSS of the process and of its largest child):
+`benchmarks/stage_costs.py` tabulates them for a whole run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,6 +122,20 @@ def git_info(root: str | Path = ".") -> dict[str, Any]:
     commit = run("rev-parse", "HEAD")
     status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def process_cost() -> dict[str, float]:
+    """What this process has cost so far: seconds since it started (interpreter start-up and imports included), CPU
+    seconds (user + system, its threads together), and peak RSS in MiB of itself and of its largest waited-for child
+    (e.g. a reward worker). Linux reports ``ru_maxrss`` in KiB."""
+    import resource
+
+    import psutil
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"seconds": round(time.time() - psutil.Process().create_time(), 2),
+            "cpu_seconds": round(me.ru_utime + me.ru_stime, 2),
+            "peak_rss_mib": round(me.ru_maxrss / 1024, 1), "children_peak_rss_mib": round(kids.ru_maxrss / 1024, 1)}
 
 
 class StageLocked(RuntimeError):
@@ -241,7 +258,8 @@ class StageOutputs:
         ended = _dt.datetime.now(_dt.timezone.utc)
         record = {"stage": self.stage, "started": self._started,
                   "finished": ended.isoformat(timespec="seconds"), "host": socket.gethostname(), "pid": os.getpid(),
-                  **git_info(Path.cwd()), "outputs": [str(p) for p in self.outputs], **self.run_info}
+                  **git_info(Path.cwd()), "outputs": [str(p) for p in self.outputs], "process": process_cost(),
+                  **self.run_info}
         write_text_atomic(self.record_path, json.dumps(record, indent=1, default=str) + "\n")
 
     def __enter__(self) -> StageOutputs:

@@ -93,3 +93,18 @@ def test_orchestration(out, tmp_path):
     (row,) = res["rows"]
     assert row["stage"] == "prepare"
     assert "prepare" in res["verdict"]
+
+
+def test_stage_costs_reads_the_run_records(tmp_path, capsys):
+    from eapo.stageio import StageOutputs
+
+    for stage in ("train@grpo-0", "prepare"):
+        folder = tmp_path / stage.replace("@", "_")
+        with StageOutputs(stage, [folder / "out.txt"]) as staged:
+            staged.path(folder / "out.txt").write_text(stage)
+    res = _load("stage_costs").main(["--data", str(tmp_path)])
+    assert [r["stage"] for r in res["rows"]] == ["prepare", "train@grpo-0"]  # pipeline order, not file order
+    assert all(_positive(r["seconds"]) and _positive(r["peak RSS MiB"]) for r in res["rows"])
+    assert "| prepare |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no run records"):
+        _load("stage_costs").main(["--data", str(tmp_path / "empty")])

@@ -50,6 +50,9 @@ def test_outputs_are_replaced_together_or_not_at_all(tmp_path):
     assert _state(tmp_path) == {k: v.replace("old", "new") for k, v in old.items()}
     record = json.loads((tmp_path / ".eapo-run-s.json").read_text())
     assert record["stage"] == "s" and record["started"] and "git_commit" in record
+    # What the process cost: this test process has run for a while and holds at least the interpreter in memory.
+    cost = record["process"]
+    assert cost["seconds"] > 0 and cost["cpu_seconds"] > 0 and 10 < cost["peak_rss_mib"] < 64 * 1024
 
 
 def test_missing_output_replaces_nothing(tmp_path):
