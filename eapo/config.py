@@ -147,7 +147,9 @@ class PathsConfig:
     report_dir: str = "data/report"
     """`report.md`, its `summary.json` metric, plot CSVs and PNGs."""
     model_cache: str = ".cache/models"
-    """Where the embedded GGUF model is converted to safetensors once (git- and DVC-ignored)."""
+    """Where the embedded GGUF model is converted to safetensors once (git- and DVC-ignored). Under DVC a relative
+    path is taken from the project root (`$DVC_ROOT`), so queued experiments (`dvc exp run --queue`), which run in
+    copies under `.dvc/tmp/exps/`, share the project's cache; conversion holds a file lock, so it happens once."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ class ModelConfig:
     device: DeviceName = "cpu"
     """`cpu`, `cuda`, `cuda:N` or `auto` (any torch device string is accepted)."""
     threads: Count | None = 2
-    """torch intra-op threads; null leaves torch's default. On 2 loaded cores, 1-2 is right."""
+    """torch intra-op threads; null leaves torch's default. On 2 loaded cores, 1-2 is right. The environment variable
+    `EAPO_THREADS` overrides it at run time without rerunning any stage: cores / N for `dvc queue start --jobs N`."""
     system_prompt: str | None = None
     """Replaces the chat template's default system prompt; null keeps the template's own."""
     instruction: str = "Give only the final answer as a number."

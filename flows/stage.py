@@ -5,7 +5,9 @@
 `-S` takes dotted keys with YAML values, as `dvc exp run -S` does (floats in any notation: `-S train.lr=1e-6`). Every
 value, the stage's own arguments (`--variant`, `--name`) included, is checked before Prefect or any model starts: a bad
 one exits 2 with one line naming the key. When the whole-pipeline flow drives DVC it sets
-`EAPO_PARENT_RUN`, and each stage's flow run is tagged with it so the UI groups them.
+`EAPO_PARENT_RUN`, and each stage's flow run is tagged with it so the UI groups them. A stage that runs inside a
+DVC experiment (`dvc exp run`, queued or not) is tagged `dvc-exp:<name>` from DVC's `DVC_EXP_NAME`, so the runs of
+parallel queue jobs can be told apart in the UI.
 """
 
 from __future__ import annotations
@@ -68,12 +70,16 @@ def run_stage(flow: Callable[..., Any], argv: list[str] | None = None, check: St
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     stage_args = {k: v for k, v in vars(args).items() if k not in ("params", "overrides")}
-    parent = os.environ.get("EAPO_PARENT_RUN")
+    run_tags = []
+    if parent := os.environ.get("EAPO_PARENT_RUN"):
+        run_tags.append(f"pipeline-run:{parent}")
+    if experiment := os.environ.get("DVC_EXP_NAME"):
+        run_tags.append(f"dvc-exp:{experiment}")
     ctx = contextlib.nullcontext()
-    if parent:
+    if run_tags:
         from prefect import tags
 
-        ctx = tags(f"pipeline-run:{parent}")
+        ctx = tags(*run_tags)
     with ctx:
         try:
             return flow(params_path=args.params, overrides=overrides, **stage_args)

@@ -21,12 +21,12 @@ from eapo.data import read_records
 from eapo.evaluation import SAMPLE_COLUMNS, compute_metrics, metrics_rows, sample_rows
 from eapo.layout import BASE, metrics_path, samples_path, train_paths
 from eapo.lineage import make_lineage, write_json_artifact
-from eapo.policy import load_policy, set_threads
+from eapo.policy import load_policy
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score
 from eapo.stageio import StageOutputs
 from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
-from tasks.rollout import first_prompts, load_base_policy
+from tasks.rollout import apply_job_threads, first_prompts, load_base_policy, model_cache_dir
 
 PARAMS_KEYS = ("model", "evaluate", "reward")
 TEST = "test"
@@ -57,9 +57,9 @@ def load_model(params: Params, name: str, seed: int | None = None):
     path = check_name(params, name, seed)
     if path is None:
         return load_base_policy(params)
-    set_threads(params.model.threads)
+    apply_job_threads(params)
     m = params.model
-    return load_policy(str(path), dtype=m.dtype, device=m.device, cache_dir=params.paths.model_cache, seed=m.seed)
+    return load_policy(str(path), dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed)
 
 
 def datasets(params: Params) -> dict[str, list[dict]]:

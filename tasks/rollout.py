@@ -3,13 +3,15 @@ verifiable rewards."""
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from eapo.config import Params
 from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_json_artifact
-from eapo.policy import load_policy, set_threads
+from eapo.policy import THREADS_ENV, job_threads, load_policy, resolve_cache_dir, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score, summarize
 from eapo.stageio import StageOutputs
@@ -18,10 +20,22 @@ from tasks.publish import markdown_table, publish_markdown, publish_table, recor
 PARAMS_KEYS = ("model", "rollout", "reward")
 
 
+def model_cache_dir(params: Params):
+    """`paths.model_cache`, a relative one taken from the DVC project root (`$DVC_ROOT`, which DVC sets for every
+    stage command): the jobs of `dvc queue start` run in copies under `.dvc/tmp/exps/` and share the project's cache."""
+    return resolve_cache_dir(params.paths.model_cache, os.environ.get("DVC_ROOT"))
+
+
+def apply_job_threads(params: Params) -> None:
+    """torch threads for this process: `$EAPO_THREADS` when set (e.g. cores / N for `dvc queue start --jobs N`),
+    else `model.threads`."""
+    set_threads(job_threads(params.model.threads, os.environ.get(THREADS_ENV)))
+
+
 def load_base_policy(params: Params):
-    set_threads(params.model.threads)
+    apply_job_threads(params)
     m = params.model
-    return load_policy(m.name_or_path, dtype=m.dtype, device=m.device, cache_dir=params.paths.model_cache, seed=m.seed)
+    return load_policy(m.name_or_path, dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed)
 
 
 def first_prompts(path: str, n: int | None) -> list[dict]:
