@@ -27,6 +27,7 @@ import torch
 from eapo import trainer as trainer_mod
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.data import generate
+from eapo.forward import Rollout
 from eapo.policy import Policy, load_policy
 from tests.test_trainer import _one_thread, parity_reward  # noqa: F401  (_one_thread: an autouse fixture)
 
@@ -250,11 +251,12 @@ def test_one_training_step_against_an_independent_computation(base, prompts, tmp
 
 
 def test_loss_denominator_counts_tokens_or_non_empty_responses():
-    rows = [trainer_mod.Rollout([1, 2], [5, 6, 7], [-1.0] * 3, [1.0] * 3),
-            trainer_mod.Rollout([1, 2], [], [], []),  # an empty response: no token, and no sequence either
-            trainer_mod.Rollout([3], [8], [-1.0], [-1.0])]
+    rows = [Rollout([1, 2], [5, 6, 7], [-1.0] * 3, [1.0] * 3),
+            Rollout([1, 2], [], [], []),  # an empty response: no token, and no sequence either
+            Rollout([3], [8], [-1.0], [-1.0])]
     assert trainer_mod.loss_denominator(rows, "token_mean") == 4.0
     assert trainer_mod.loss_denominator(rows, "seq_mean_token_mean") == 2.0
     assert trainer_mod.loss_denominator(rows, "seq_mean_token_sum_norm") == 2.0
-    with pytest.raises(ValueError, match="^unknown aggregation 'mean'$"):
+    with pytest.raises(ValueError, match="^unknown aggregation 'mean'; known: seq_mean_token_mean, "
+                                         "seq_mean_token_sum_norm, token_mean$"):
         trainer_mod.loss_denominator(rows, "mean")
