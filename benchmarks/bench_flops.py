@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     from bench_annotation import make_inputs
     from bench_sampling import make_prompts
 
-    from eapo.sampler import sample
     from eapo.forward import sequence_logprobs
+    from eapo.sampler import sample
 
     policy = C.load(name)
     model, tok = policy.model, policy.tokenizer

@@ -446,7 +446,9 @@ class StepSums:
                 (getattr(self, f.name) if isinstance(getattr(self, f.name), list) else [getattr(self, f.name)])]
 
     def summed(self, accelerator) -> StepSums:
-        """These sums added over every process."""
+        """These sums added over every process (themselves on one process)."""
+        if accelerator.num_processes == 1:
+            return self
         values, out = iter(_all_sum(self.flat(), accelerator)), {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

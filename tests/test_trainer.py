@@ -16,9 +16,9 @@ from eapo import trainer as trainer_mod
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.core.losses import policy_loss
 from eapo.data import generate
+from eapo.forward import Rollout, collate, grouped_logprobs, sequence_logprobs, supports_prefix_sharing
 from eapo.policy import Policy, load_policy
 from eapo.sampler import sample, teacher_forced_logprobs
-from eapo.forward import Rollout, collate, grouped_logprobs, sequence_logprobs, supports_prefix_sharing
 from eapo.trainer import (
     STEP_KEYS,
     WALL_TIME_KEYS,
