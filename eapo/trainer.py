@@ -644,8 +644,7 @@ def train(
 
             # 2-3. sample G responses per prompt with the current policy (step 0: the rollout stage's), and score.
             if step == 0 and initial_samples is not None:
-                samples, rewards, sampled_tokens, sample_seconds = _initial_shard(initial_samples, rank, prompt_ids,
-                                                                                  G)
+                samples, rewards, sampled_tokens, sample_seconds = _initial_shard(initial_samples, rank, prompt_ids, G)
             else:
                 model.eval()
                 samples, rewards, sampled_tokens, sample_seconds = _sample_and_score(
@@ -654,16 +653,15 @@ def train(
 
             # 4. annotate: A per group (= prompt), τ over the whole batch, quadrants, w and Â = A·w, per token.
             ent, reward_t = _per_token(samples, "entropies"), torch.tensor(rewards, dtype=torch.float32)
+            lengths = [len(s.response_ids) for s in samples]
             # τ is a quantile of the whole batch: under several processes every rank needs every rank's entropies.
             ent_batch = ent if world == 1 else torch.tensor(gather_object(ent.tolist()), dtype=torch.float32)
             ann = annotate_batch(ent, _per_token(samples, "logprobs"), _per_token(samples, "sum_p_sq"),
-                                 torch.tensor([len(s.response_ids) for s in samples]), reward_t,
-                                 torch.arange(len(samples)) // G, advantage_fn=advantage_fn, weighting=weighting,
-                                 rho=cfg.rho, weighting_rho=variant.rho, threshold_entropy=ent_batch)
-            bounds = torch.cumsum(torch.tensor([len(s.response_ids) for s in samples]), 0).tolist()
-            rollouts = [Rollout(prompt_ids=list(s.prompt_ids), response_ids=list(s.response_ids),
-                                old_logp=list(s.logprobs), adv_tokens=ann.adv_hat[b - len(s.response_ids):b].tolist())
-                        for s, b in zip(samples, bounds)]
+                                 torch.tensor(lengths), reward_t, torch.arange(len(samples)) // G,
+                                 advantage_fn=advantage_fn, weighting=weighting, rho=cfg.rho,
+                                 weighting_rho=variant.rho, threshold_entropy=ent_batch)
+            rollouts = [Rollout(list(s.prompt_ids), list(s.response_ids), list(s.logprobs), adv.tolist())
+                        for s, adv in zip(samples, ann.adv_hat.split(lengths))]
 
             # 5. update: ppo_epochs × minibatches AdamW steps; the learning rate is stepped once per training step.
             lr = float(scheduler.get_last_lr()[0])
