@@ -257,7 +257,7 @@ register(Contract(
     ),
 ))
 
-#: The steps table's columns, in order: the owner (eapo.trainer builds its rows from these names). Wall-time
+#: The steps table's columns, in order: the owner (eapo.trainer.StepRow lays its rows out in this order). Wall-time
 #: measurements are not here: they go to the stage's run record, so identical training gives identical bytes.
 STEP_COLUMNS = [
     ("step", pa.int32()), ("variant", pa.string()), ("reward_mean", pa.float32()), ("accuracy", pa.float32()),

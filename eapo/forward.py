@@ -1,6 +1,6 @@
 """The forward passes of the policy update: log π and the entropy at response positions, fp32, without ever
-building [B, T, V] logits (DESIGN §8). Used by the trainer's update (``eapo.trainer.accumulate_gradients``), the
-annotate stage and the benchmarks.
+building [B, T, V] logits (DESIGN §8). Used by the trainer's update (``eapo.trainer.accumulate_gradients``) and by
+the benchmarks.
 
 Memory. The decoder runs without its head, the hidden states at response positions are gathered, and
 ``logprob_entropy_from_hidden`` projects them through the LM head in chunks of ``chunk_size`` rows with activation
