@@ -2,7 +2,7 @@
 
 - ``bare``:  ``model(input_ids).logits`` -- the forward pass producing [B, T, V] logits, no entropy. The floor.
 - ``naive``: full [B, T, V] logits -> ``naive_logprob_entropy`` (fp32 log_softmax over everything at once).
-- ``ours``:  ``eapo.trainer.sequence_logprobs``: decoder without its head -> hidden states at response positions ->
+- ``ours``:  ``eapo.forward.sequence_logprobs``: decoder without its head -> hidden states at response positions ->
   ``logprob_entropy_from_hidden(chunk_size)``; [B, T, V] never exists. Run under ``torch.no_grad`` as annotation is.
 
 All three run under ``torch.no_grad`` on the same random token ids (every position after the first is scored).
@@ -57,7 +57,7 @@ def run_variant(variant: str, model, ids, mask, resp, chunk: int):
     import torch
 
     from eapo.core.entropy import naive_logprob_entropy
-    from eapo.trainer import sequence_logprobs
+    from eapo.forward import sequence_logprobs
 
     with torch.no_grad():
         if variant == "bare":

@@ -9,7 +9,7 @@ Per repetition, interleaved:
   response on average). Sampling itself (softmax, draws) is not counted: it is overhead.
 - ``prefill``: one batched forward over B x T tokens (``model(input_ids).logits``): 2 * n_params per token + attention
   (4 * layers * T/2 * hidden per token, causal). The best a forward pass can do here.
-- ``train``:  forward + backward of ``eapo.trainer.sequence_logprobs`` (the trainer's loss path) over B x T tokens:
+- ``train``:  forward + backward of ``eapo.forward.sequence_logprobs`` (the trainer's loss path) over B x T tokens:
   6 * n_params per token (forward 2, backward 4) + 3x the forward attention. The chunked LM head is recomputed in the
   backward (activation checkpointing): 2 * V * hidden more per token, not counted (that is overhead, not work).
 
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     from bench_annotation import make_inputs
     from bench_sampling import make_prompts
 
+    from eapo.forward import sequence_logprobs
     from eapo.sampler import sample
-    from eapo.trainer import sequence_logprobs
 
     policy = C.load(name)
     model, tok = policy.model, policy.tokenizer

@@ -61,7 +61,23 @@ class Range:
 
 @dataclass(frozen=True)
 class Registered:
-    """A name that must be a key of the registry `module.attr` (looked up at load, so new registrations count)."""
+    """A name that must be registered in the `eapo.core.registry.Registry` `module.attr` (looked up at load, so new
+    registrations count). The registry owns the names and the error, which lists them."""
+
+    module: str
+    attr: str
+
+    def check(self, value: Any, key: str) -> None:
+        registry = getattr(importlib.import_module(self.module), self.attr)
+        try:
+            registry[value]
+        except KeyError as exc:  # eapo.core.registry.UnknownName
+            raise ConfigError(f"{key}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A name from a fixed tuple of names `module.attr` that is not a registry of implementations (record fields)."""
 
     module: str
     attr: str
@@ -101,14 +117,15 @@ Probability = Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]
 """A float in (0, 1) (fractions, confidence levels)."""
 Share = Annotated[float, Range(0, 1, lo_open=True)]
 """A float in (0, 1]."""
-AdvantageName = Annotated[str, Registered("eapo.core.advantages", "ADVANTAGES", "advantage estimator")]
-AggregationName = Annotated[str, Registered("eapo.core.losses", "AGGREGATIONS", "loss aggregation")]
-WeightingName = Annotated[str, Registered("eapo.core.weighting", "WEIGHTINGS", "weighting")]
-PolicyLossName = Annotated[str, Registered("eapo.core.losses", "POLICY_LOSSES", "policy loss")]
-CMIEstimatorName = Annotated[str, Registered("eapo.core.cmi", "CMI_ESTIMATORS", "CMI estimator")]
-SyntheticFamilyName = Annotated[str, Registered("eapo.data.synthetic", "FAMILIES", "synthetic family")]
+AdvantageName = Annotated[str, Registered("eapo.core.advantages", "ADVANTAGES")]
+AggregationName = Annotated[str, Registered("eapo.core.losses", "AGGREGATIONS")]
+WeightingName = Annotated[str, Registered("eapo.core.weighting", "WEIGHTINGS")]
+PolicyLossName = Annotated[str, Registered("eapo.core.losses", "POLICY_LOSSES")]
+CMIEstimatorName = Annotated[str, Registered("eapo.core.cmi", "CMI_ESTIMATORS")]
+SyntheticFamilyName = Annotated[str, Registered("eapo.data.synthetic", "FAMILIES")]
 DeviceName = Annotated[str, TorchDevice()]
-FieldName = Annotated[str, Registered("eapo.data.importers", "FIELD_NAMES", "field")]
+BackendName = Annotated[str, Registered("eapo.sampler", "BACKENDS")]
+FieldName = Annotated[str, OneOf("eapo.data.importers", "FIELD_NAMES", "field")]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -208,7 +225,7 @@ class SyntheticConfig:
 class SourceConfig:
     """One file of prompts with verifiable answers."""
 
-    kind: Annotated[str, Registered("eapo.data.importers", "IMPORTERS", "source kind")]
+    kind: Annotated[str, Registered("eapo.data.importers", "IMPORTERS")]
     """`gsm8k`, `math500`, `aime24`, `amc23`, or generic `jsonl` / `parquet` / `csv`."""
     path: str
     """The file to read (JSON Lines, Parquet or CSV; named kinds take the format from the extension)."""
@@ -256,8 +273,9 @@ class SamplingConfig:
     """Response length limit in tokens."""
     batch_size: Count = 64
     """Sequences decoded together."""
-    backend: Literal["fast", "generate"] = "fast"
-    """`fast`: our KV-cache decode loop that drops finished rows; `generate`: transformers' model.generate."""
+    backend: BackendName = "fast"
+    """Sampler backend by name (`eapo.sampler.BACKENDS`): `fast`, our KV-cache decode loop that drops finished
+    rows; `generate`, transformers' model.generate."""
 
 
 @dataclass(frozen=True)
@@ -465,7 +483,7 @@ class BenchmarkConfig:
 
     name: str
     """The dataset's name in the metrics (`metrics/<model>.json` is nested by it)."""
-    kind: Annotated[str, Registered("eapo.data.importers", "IMPORTERS", "source kind")]
+    kind: Annotated[str, Registered("eapo.data.importers", "IMPORTERS")]
     """A `prepare.sources` kind: `gsm8k`, `math500`, `aime24`, `amc23`, `jsonl`, `parquet`, `csv`."""
     path: str
     """The file to read."""

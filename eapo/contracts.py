@@ -26,12 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eapo.core.cmi import CMI_ESTIMATORS
+from eapo.core.quadrants import NONE_NAME, QUADRANTS
 from eapo.lineage import LINEAGE_KEY, Lineage, note_read, read_lineage
 from eapo.stageio import atomic_file
 
 log = logging.getLogger("eapo.contracts")
 
-QUADRANT_LABELS = ("pos_high", "pos_low", "neg_high", "neg_low", "none")
+QUADRANT_LABELS = (*QUADRANTS, NONE_NAME)
 
 
 class ContractError(ValueError):
@@ -256,8 +257,7 @@ register(Contract(
     ),
 ))
 
-QUADRANTS = QUADRANT_LABELS[:4]
-#: The steps table's columns, in order: the owner (eapo.trainer builds its rows from these names). Wall-time
+#: The steps table's columns, in order: the owner (eapo.trainer.StepRow lays its rows out in this order). Wall-time
 #: measurements are not here: they go to the stage's run record, so identical training gives identical bytes.
 STEP_COLUMNS = [
     ("step", pa.int32()), ("variant", pa.string()), ("reward_mean", pa.float32()), ("accuracy", pa.float32()),

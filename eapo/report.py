@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eapo.core.quadrants import QUADRANTS
 from eapo.core.stats import curve_auc, steps_to_threshold
 from eapo.evaluation import pass_at_k_per_prompt, per_prompt_accuracy
 from eapo.study_stats import (
@@ -41,7 +42,6 @@ from eapo.study_stats import (
     verdict,
 )
 
-QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
 WITHIN_NOISE = "within noise"
 BASE = "base"
 REFERENCE = "grpo"

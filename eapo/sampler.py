@@ -6,7 +6,7 @@ For each sampled token y_t with prefix h (whatever temperature / top-p was used 
     entropies[t] = -sum_v pi(v) log pi(v),   pi = softmax(z)      (nats, full vocabulary)
     sum_p_sq[t]  = sum_v pi(v)^2                                  (gives ||grad_z log pi(y)|| = sqrt(1 - 2 pi(y) + sum_p_sq))
 
-all in fp32. Two backends:
+all in fp32. Two backends (``BACKENDS``, by name):
 
 - ``"fast"`` (default): our own decode loop, decoding one token per step with a ``DynamicCache``.
   * rows are bucketed by prompt length; each distinct prompt is prefilled once and its KV cache repeated for its n
@@ -41,7 +41,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("fast", "generate")
+from eapo.core.registry import Registry
+
+Runner = Callable[..., None]
+BACKENDS: Registry[Runner] = Registry("sampler backend")
+"""Sampling backends by name (``train.backend``, ``rollout.backend``). A backend is
+``runner(model, rows, *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens)``: it samples every
+``_Row`` of one batch in place (``tokens``, ``logprobs``, ``entropies``, ``sum_p_sq`` at temperature 1, and
+``finish_reason``), draws only from a generator seeded by ``seed``, and calls ``on_tokens(k)`` as it produces k
+response tokens. Register another (e.g. vLLM) with ``@BACKENDS.register("name")``; ``sample`` and the trainer only
+look it up by name."""
 
 
 @dataclass
@@ -205,6 +214,7 @@ def _prefill(model, prompts: list[list[int]], cache, cache_kw: str, pad_id: int,
     return out.logits[:, -1], mask, position_ids[:, -1] + 1
 
 
+@BACKENDS.register("fast")
 @torch.inference_mode()
 def _run_fast(
     model, rows: list[_Row], *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens
@@ -277,6 +287,7 @@ def _run_fast(
         next_pos = next_pos + 1
 
 
+@BACKENDS.register("generate")
 @torch.inference_mode()
 def _run_generate(
     model, rows: list[_Row], *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens
@@ -322,9 +333,6 @@ def _run_generate(
         on_tokens(n_live)
 
 
-_RUNNERS = {"fast": _run_fast, "generate": _run_generate}
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # public API
 
@@ -351,8 +359,7 @@ def sample(
     shows a tqdm bar (prompts done, tokens/s); a callable is called as ``progress(prompts_done, tokens_done)`` after
     each batch. ``temperature=0`` is greedy decoding.
     """
-    if backend not in _RUNNERS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    runner = BACKENDS[backend]
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("n, max_new_tokens and batch_size must be >= 1")
     if temperature < 0 or not (0.0 < top_p <= 1.0):
@@ -387,7 +394,7 @@ def sample(
     model.eval()
     try:
         for b, batch in enumerate(batches):
-            _RUNNERS[backend](
+            runner(
                 model,
                 batch,
                 temperature=temperature,

@@ -7,11 +7,13 @@ One training step ``s`` (``train`` reads top to bottom in this order):
 2. **sample** ``group_size`` responses per prompt from the *current* policy (``eapo.sampler.sample``), with a sampling
    seed derived from (``seed``, ``s``, rank): a resumed run draws exactly the samples the uninterrupted run drew.
 3. **reward** each response (``RewardScorer``, opened once per run; or an injected ``reward_fn``).
-4. **annotate**: group advantages A_i (``cfg.advantage``), the batch entropy threshold τ (top ``cfg.rho`` share of
-   the batch's response tokens), quadrants, the variant's token weights w and Â = A·w.
+4. **annotate** (``eapo.core.credit.annotate_batch``): group advantages A_i (``cfg.advantage``), the batch entropy
+   threshold τ (top ``cfg.rho`` share of the batch's response tokens), quadrants, the variant's token weights w and
+   Â = A·w.
 5. **update**: ``ppo_epochs`` × ``minibatches`` AdamW steps of the clipped surrogate, each minibatch accumulated over
    micro-batches so that the micro-batched gradient equals the full-minibatch gradient.
-6. **metrics** row (``STEP_KEYS``), ``on_step(row)``, one log line; **checkpoint** on cadence.
+6. **metrics** row (``StepRow``, columns in ``STEP_KEYS`` order), ``on_step(row)``, one log line;
+7. **checkpoint** on cadence.
 
 Old log-probs. π_old is the sampler's record: the exact log-prob of each sampled token under the policy that sampled
 it, at temperature 1 on the full vocabulary (DESIGN §4). With ``temperature != 1`` (or ``top_p < 1``) the tokens were
@@ -20,18 +22,9 @@ against the T = 1 policy, as verl does: the importance weight corrects for polic
 not for the sampling temperature. The old log-probs come from the sampler's KV-cache decode while the update's forward
 is a padded batched pass, so on the first minibatch r = 1 up to float rounding (~1e-6), not bit-exactly.
 
-Memory (DESIGN §8). The update never builds [B, T, V] logits: the decoder runs without its head, the hidden states at
-response positions are gathered, and ``logprob_entropy_from_hidden`` projects them through the LM head in chunks of
-``chunk_size`` rows with activation checkpointing. Micro-batches are padded on the right to their own longest row only,
-and a minibatch's rows are sorted by length before it is cut into micro-batches, so similar lengths share one.
-
-Shared prompts (``grouped_logprobs``). The G responses of a group share their prompt, and all prompts share the chat
-template's prefix, so for a Llama-like model (``supports_prefix_sharing``) a micro-batch runs the common prefix once,
-each distinct prompt once and the responses against the resulting KV cache, all *with* gradient: the prompt's keys and
-values are gathered out to their rows differentiably, so the parameter gradient keeps every path of the
-full-sequence forward and equals it up to fp32 rounding (~1e-6 relative). Rows are then ordered by prompt, so a
-group's rows share micro-batches. Wrapped (DDP) models and other cache layouts fall back to the full-sequence
-``sequence_logprobs``, which also stays the reference.
+Forward passes (``eapo.forward``). The update's log-probs never build [B, T, V] logits, and the G responses of a
+group share one forward of their prompt (``grouped_logprobs``) where the model allows it. A minibatch's rows are sorted
+(by prompt, then length) before it is cut into micro-batches, so similar rows share one.
 
 Metrics row (``STEP_KEYS``; python ints/floats, always finite, 0.0 where undefined). Sample statistics
 (``reward_mean``, ``accuracy`` = share of reward == 1, ``entropy_mean`` per token, ``response_length`` per response,
@@ -71,32 +64,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from eapo import checkpoint
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.contracts import STEP_COLUMNS
 from eapo.core.advantages import get_advantage_fn
-from eapo.core.entropy import logit_grad_norm, logprob_entropy_from_hidden
-from eapo.core.losses import DEFAULT_POLICY_LOSS, PolicyLoss, build_policy_loss, policy_loss_terms
-from eapo.core.quadrants import QUADRANTS, assign_quadrants, entropy_threshold, quadrant_stats
+from eapo.core.credit import BatchAnnotation, annotate_batch
+from eapo.core.losses import AGGREGATIONS, DEFAULT_POLICY_LOSS, PolicyLoss, build_policy_loss, policy_loss_terms
+from eapo.core.quadrants import QUADRANTS
 from eapo.core.weighting import build_weighting
+from eapo.forward import Rollout, collate, collate_responses, micro_logprobs, supports_prefix_sharing
 from eapo.policy import Policy, build_prompt_ids
 from eapo.reward import RewardScorer
 from eapo.sampler import Sample, sample
 
 __all__ = [
     "STEP_KEYS",
-    "Rollout",
+    "WALL_TIME_KEYS",
+    "StepRow",
     "TrainResult",
     "TrainingDiverged",
     "accumulate_gradients",
-    "collate",
-    "grouped_logprobs",
+    "derive_seed",
     "loss_denominator",
-    "sequence_logprobs",
     "step_prompt_indices",
-    "supports_prefix_sharing",
     "train",
 ]
 
@@ -174,296 +165,15 @@ class TrainResult:
     """Wall time of this call."""
 
 
-@dataclass
-class Rollout:
-    """One sampled response, annotated for the update. Per-token lists are aligned with ``response_ids``."""
-
-    prompt_ids: list[int]
-    response_ids: list[int]
-    old_logp: list[float]
-    adv_tokens: list[float]
-    """Â_{i,t} = A_i · w_{i,t}: the advantage each token is trained with."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The forward used for training (and reused by the annotate stage and benchmarks)
-
-
-def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Final (post-norm) hidden states [B, T, D], without running the LM head over every position."""
-    from accelerate.utils import extract_model_from_parallel
-
-    inner = extract_model_from_parallel(model)
-    base = getattr(inner, "base_model", None)
-    if model is inner and base is not None and base is not inner:
-        return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    # A wrapped model (DDP, ...) must be called through its wrapper, whose forward arms the gradient all-reduce.
-    # logits_to_keep=1 keeps the head's work to one position per row; hidden_states[-1] is the post-norm state.
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=True,
-                logits_to_keep=1)
-    return out.hidden_states[-1]
-
-
-def sequence_logprobs(
-    model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, chunk_size: int = 256,
-    entropy_grad: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """log π(token) and the full-vocabulary entropy H at response positions, temperature 1, fp32.
-
-    Args:
-        model: a causal LM (HF ``*ForCausalLM``; may be wrapped by accelerate/DDP).
-        input_ids, attention_mask: [B, T] prompt + response, padded on the right.
-        response_mask: [B, T] bool, True where ``input_ids`` is a response token (scored given its prefix). Column 0
-            must be False: a scored token needs a preceding token.
-        chunk_size: rows per LM-head chunk (bounds the [chunk, V] temporaries in forward and backward).
-
-    Returns:
-        (logp [B, T], entropy [B, T]), zero outside ``response_mask``; ``logp`` is differentiable, and ``entropy``
-        too with ``entropy_grad`` (an entropy bonus), else detached.
-        Only the response positions go through the LM head: [B, T, V] logits never exist.
-    """
-    response_mask = response_mask.bool()
-    if response_mask.shape != input_ids.shape:
-        raise ValueError(f"response_mask {tuple(response_mask.shape)} != input_ids {tuple(input_ids.shape)}")
-    if bool(response_mask[:, 0].any()):
-        raise ValueError("response_mask[:, 0] must be False: a response token needs a preceding prompt token")
-    hidden = _final_hidden(model, input_ids, attention_mask)
-    from accelerate.utils import extract_model_from_parallel
-
-    head = extract_model_from_parallel(model).get_output_embeddings()
-    # Position t-1 predicts token t: gather the predicting hidden states of exactly the response tokens.
-    predict = response_mask[:, 1:]
-    h = hidden[:, :-1][predict]
-    targets = input_ids[:, 1:][predict]
-    logp, ent = logprob_entropy_from_hidden(h, head.weight, targets, chunk_size=chunk_size,
-                                            lm_head_bias=getattr(head, "bias", None), checkpoint=True)
-    # Row-major order of True entries is the same in `predict` and in `response_mask` (its column 0 is False).
-    zeros = torch.zeros(response_mask.shape, dtype=logp.dtype, device=logp.device)
-    return (zeros.masked_scatter(response_mask, logp),
-            zeros.masked_scatter(response_mask, ent if entropy_grad else ent.detach()))
-
-
-def supports_prefix_sharing(model) -> bool:
-    """Whether ``grouped_logprobs`` can run ``model``: an unwrapped HF decoder whose base model takes
-    ``attention_mask``, ``position_ids`` and a ``DynamicCache`` of plain (full-attention) ``DynamicLayer`` layers, as
-    Llama does. A wrapped model (DDP, ...) must be called once per backward through its wrapper, and sliding-window
-    or hybrid caches have other mask rules: both take the full-sequence path (``sequence_logprobs``)."""
-    from accelerate.utils import extract_model_from_parallel
-
-    if extract_model_from_parallel(model) is not model:
-        return False
-    base = getattr(model, "base_model", None)
-    config = getattr(model, "config", None)
-    if base is None or base is model or config is None:
-        return False
-    if getattr(config, "model_type", None) not in _PREFIX_SHARING_MODEL_TYPES:
-        return False
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
-    try:
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        layers = DynamicCache(config=config).layers
-    except Exception:  # noqa: BLE001 - an unknown cache API is a reason to fall back, not to fail
-        return False
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-
-
-#: Decoders whose base model follows Llama's cache/mask/position conventions (checked further by
-#: ``supports_prefix_sharing``).
-_PREFIX_SHARING_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
-
-
-def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int, device) -> tuple[Tensor, Tensor]:
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        n = min(len(r), width)
-        if n:
-            ids[i, :n] = torch.as_tensor(list(r[:n]), dtype=torch.long, device=device)
-            mask[i, :n] = 1
-    return ids, mask
-
-
-def grouped_logprobs(
-    model,
-    prompts: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[int]],
-    pad_id: int,
-    chunk_size: int = 256,
-    *,
-    min_shared: int = 4,
-    entropy_grad: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """``sequence_logprobs`` in response layout, with every distinct prompt computed once, with gradient.
-
-    Rows that share a prompt (a GRPO group) share its forward: the prompt runs once and its per-layer keys/values
-    are indexed out to its rows (a differentiable gather, whose backward sums the rows' gradients into the shared
-    prompt activations), then the responses run against that cache. The prefix common to all distinct prompts (the
-    chat template and system prompt) likewise runs once, with batch 1. Gradients flow through every path the
-    full-sequence forward has (response tokens → prompt keys/values → parameters), so log-probs, entropies and the
-    parameter gradient equal ``sequence_logprobs``'s up to fp32 rounding; only the prompt work shrinks by the
-    number of rows that share it.
-
-    Layout: [common prefix][prompt suffix, right-padded][response, right-padded], padding masked out, explicit
-    ``position_ids`` counting real tokens, so each row sees exactly its own prompt + response (right padding leaves
-    no fully masked query row). Token j of a response is predicted from the hidden state before it: j = 0 from the
-    prompt's last position, j ≥ 1 from response position j - 1; the last response token is never fed.
-
-    Args:
-        model: an unwrapped HF causal LM for which ``supports_prefix_sharing`` holds.
-        prompts, responses: token ids per row (prompts non-empty).
-
-    Returns:
-        (logp [B, R], entropy [B, R]) with R the longest response; column j is response token j; zero beyond each
-        row's response. ``logp`` is differentiable; ``entropy`` too with ``entropy_grad``, else detached.
-    """
-    from transformers.cache_utils import DynamicCache
-
-    from eapo.sampler import _cache_kwarg, _common_prefix_len
-
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every row needs a non-empty prompt: the first response token is predicted from it")
-    device = next(model.parameters()).device
-    B = len(prompts)
-    R = max((len(r) for r in responses), default=0)
-    resp_len = torch.tensor([len(r) for r in responses], dtype=torch.long, device=device)
-    if R == 0:
-        zeros = torch.zeros((B, 0), dtype=torch.float32, device=device)
-        return zeros, zeros.clone()
-
-    slots: dict[tuple[int, ...], int] = {}
-    row_slot = [slots.setdefault(tuple(p), len(slots)) for p in prompts]
-    distinct = [list(p) for p in slots]
-    U = len(distinct)
-    expand = torch.tensor(row_slot, dtype=torch.long, device=device)
-    identity = row_slot == list(range(B))
-
-    base = model.base_model
-    cache_kw = _cache_kwarg(base)
-    cache = DynamicCache(config=model.config)
-    S = _common_prefix_len(distinct) if U > 1 else 0
-    if S < min_shared:
-        S = 0
-    if S:  # the common prefix, batch 1, then one cache row per distinct prompt
-        prefix = torch.tensor([distinct[0][:S]], dtype=torch.long, device=device)
-        base(input_ids=prefix, use_cache=True, **{cache_kw: cache})
-        cache.batch_select_indices(torch.zeros(U, dtype=torch.long, device=device))
-    suffixes = [p[S:] for p in distinct]
-    suf_len = torch.tensor([len(x) for x in suffixes], dtype=torch.long, device=device)
-    Ls = int(suf_len.max())
-    ids, suf_mask = _right_pad(suffixes, pad_id, Ls, device)
-    mask = torch.cat([suf_mask.new_ones((U, S)), suf_mask], dim=1)
-    pos = S + torch.arange(Ls, device=device).expand(U, Ls)
-    hidden = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                  **{cache_kw: cache}).last_hidden_state
-    h_last = hidden[torch.arange(U, device=device), suf_len - 1]  # [U, D]: predicts response token 0
-    if not identity:
-        h_last = h_last[expand]
-    predict = h_last[:, None]
-    if R > 1:  # response tokens 0..R-2 (each row's last token predicts nothing) against its prompt's cache
-        if not identity:
-            cache.batch_select_indices(expand)
-            mask = mask[expand]
-        ids, in_mask = _right_pad([r[:-1] for r in responses], pad_id, R - 1, device)
-        mask = torch.cat([mask, in_mask], dim=1)
-        prompt_len = (S + suf_len)[expand]
-        pos = prompt_len[:, None] + torch.arange(R - 1, device=device)
-        hidden = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                      **{cache_kw: cache}).last_hidden_state
-        predict = torch.cat([predict, hidden], dim=1)  # [B, R, D]
-    del cache
-    targets, _ = _right_pad(responses, pad_id, R, device)
-    response_mask = torch.arange(R, device=device)[None, :] < resp_len[:, None]
-    head = model.get_output_embeddings()
-    logp, ent = logprob_entropy_from_hidden(predict[response_mask], head.weight, targets[response_mask],
-                                            chunk_size=chunk_size, lm_head_bias=getattr(head, "bias", None),
-                                            checkpoint=True)
-    zeros = torch.zeros(response_mask.shape, dtype=logp.dtype, device=logp.device)
-    return (zeros.masked_scatter(response_mask, logp),
-            zeros.masked_scatter(response_mask, ent if entropy_grad else ent.detach()))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Micro-batched policy update
-
-
-def collate(rollouts: Sequence[Rollout], pad_id: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """Right-pad prompt+response rows to the longest row of *this* micro-batch.
-
-    Returns input_ids, attention_mask (long), response_mask (bool), old_logp and adv (fp32), all [b, L].
-    """
-    L = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
-    ids, attn, resp, old, adv = [], [], [], [], []
-    for r in rollouts:
-        p, n = len(r.prompt_ids), len(r.response_ids)
-        pad = L - p - n
-        ids.append(r.prompt_ids + r.response_ids + [pad_id] * pad)
-        attn.append([1] * (p + n) + [0] * pad)
-        resp.append([False] * p + [True] * n + [False] * pad)
-        old.append([0.0] * p + list(r.old_logp) + [0.0] * pad)
-        adv.append([0.0] * p + list(r.adv_tokens) + [0.0] * pad)
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
-        "attention_mask": torch.tensor(attn, dtype=torch.long, device=device),
-        "response_mask": torch.tensor(resp, dtype=torch.bool, device=device),
-        "old_logp": torch.tensor(old, dtype=torch.float32, device=device),
-        "adv": torch.tensor(adv, dtype=torch.float32, device=device),
-    }
-
-
-def _collate_responses(rollouts: Sequence[Rollout], device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """``collate``'s per-token tensors in response layout (``grouped_logprobs``'s): [b, R], column j = response
-    token j, right-padded to this micro-batch's longest response."""
-    R = max((len(r.response_ids) for r in rollouts), default=0)
-    resp, old, adv = [], [], []
-    for r in rollouts:
-        pad = R - len(r.response_ids)
-        resp.append([True] * len(r.response_ids) + [False] * pad)
-        old.append(list(r.old_logp) + [0.0] * pad)
-        adv.append(list(r.adv_tokens) + [0.0] * pad)
-    return {
-        "response_mask": torch.tensor(resp, dtype=torch.bool, device=device).reshape(len(rollouts), R),
-        "old_logp": torch.tensor(old, dtype=torch.float32, device=device).reshape(len(rollouts), R),
-        "adv": torch.tensor(adv, dtype=torch.float32, device=device).reshape(len(rollouts), R),
-    }
-
-
 def loss_denominator(rollouts: Sequence[Rollout], agg: str) -> float:
-    """The minibatch-global normaliser of ``agg``: response tokens (token_mean) or non-empty sequences (seq_*)."""
-    if agg == "token_mean":
-        return float(sum(len(r.response_ids) for r in rollouts))
-    if agg in ("seq_mean_token_mean", "seq_mean_token_sum_norm"):
-        return float(sum(1 for r in rollouts if r.response_ids))
-    raise ValueError(f"unknown aggregation {agg!r}")
+    """The minibatch-global normaliser of the aggregation ``agg``: its units (response tokens, or non-empty
+    responses) in these rollouts."""
+    return AGGREGATIONS[agg].count_lengths(len(r.response_ids) for r in rollouts)
 
 
 def _autocast(accelerator):
     """accelerate's mixed-precision autocast (a no-op under mixed_precision="no"); a fresh context each call."""
     return accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
-
-
-def _micro_logprobs(model, rows: Sequence[Rollout], mb: dict[str, Tensor], shared: bool, pad_id: int,
-                    chunk_size: int, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """log π of one micro-batch in ``mb``'s layout: response layout when ``shared`` (``grouped_logprobs``, or the
-    full-sequence forward moved into it for a model without prefix sharing, e.g. a reference), else full layout.
-    ``with_entropy``: return (log π, entropy with gradient) instead, for losses that use the entropy."""
-    if not shared:
-        out = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"], chunk_size,
-                                entropy_grad=with_entropy)
-    elif supports_prefix_sharing(model):
-        out = grouped_logprobs(model, [r.prompt_ids for r in rows], [r.response_ids for r in rows], pad_id,
-                               chunk_size, entropy_grad=with_entropy)
-    else:
-        full = collate(rows, pad_id, mb["response_mask"].device)
-        full_out = sequence_logprobs(model, full["input_ids"], full["attention_mask"], full["response_mask"],
-                                     chunk_size, entropy_grad=with_entropy)
-        out = tuple(x.new_zeros(mb["response_mask"].shape).masked_scatter(mb["response_mask"],
-                                                                          x[full["response_mask"]])
-                    for x in full_out)
-    return (out[0], out[1]) if with_entropy else out[0]
 
 
 def accumulate_gradients(
@@ -516,6 +226,7 @@ def accumulate_gradients(
         # Sort by length so micro-batches hold similar lengths (little padding); the gradient is a sum, order-free.
         def key(i):
             return len(rollouts[i].prompt_ids) + len(rollouts[i].response_ids)
+    aggregation = AGGREGATIONS[cfg.agg]
     order = sorted(range(len(rollouts)), key=key)
     chunks = [order[k:k + cfg.micro_batch_size] for k in range(0, len(order), cfg.micro_batch_size)]
     out = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0}
@@ -523,20 +234,20 @@ def accumulate_gradients(
         rows = [rollouts[i] for i in chunk]
         # A micro-batch without response tokens has nothing to share: the full-sequence path handles it as before.
         shared = share_prompts and any(r.response_ids for r in rows)
-        mb = _collate_responses(rows, device) if shared else collate(rows, pad_id, device)
+        mb = collate_responses(rows, device) if shared else collate(rows, pad_id, device)
         mask = mb["response_mask"]
         ref_logp = None
         if ref_model is not None:
             with torch.no_grad(), _autocast(accelerator):
-                ref_logp = _micro_logprobs(ref_model, rows, mb, shared, pad_id, cfg.chunk_size)
+                ref_logp = micro_logprobs(ref_model, rows, mb, shared, pad_id, cfg.chunk_size)
         # Under DDP only the last micro-batch all-reduces; the others accumulate locally.
         sync = (accelerator is None or accelerator.num_processes == 1 or c == len(chunks) - 1)
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
             with _autocast(accelerator):
                 if policy_loss is not None and policy_loss.needs_entropy:
-                    logp, ent = _micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size, with_entropy=True)
+                    logp, ent = micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size, with_entropy=True)
                 else:
-                    logp, ent = _micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size), None
+                    logp, ent = micro_logprobs(model, rows, mb, shared, pad_id, cfg.chunk_size), None
             if policy_loss is None:
                 terms, parts = policy_loss_terms(logp, mb["old_logp"], mb["adv"], mask, cfg.clip_low,
                                                  cfg.clip_high, ref_logp=ref_logp, kl_coef=cfg.kl_coef,
@@ -546,12 +257,8 @@ def accumulate_gradients(
                                            clip_high=cfg.clip_high, ref_logp=ref_logp, kl_coef=cfg.kl_coef,
                                            entropy=ent,
                                            generator=torch.Generator().manual_seed(derive_seed(loss_seed, c)))
-            if cfg.agg == "token_mean":
-                loss = terms.sum() / denom
-            elif cfg.agg == "seq_mean_token_mean":
-                loss = (terms.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / denom
-            else:  # seq_mean_token_sum_norm
-                loss = (terms.sum(-1) / cfg.max_new_tokens).sum() / denom
+            # The aggregation's sum over this micro-batch's units, over the whole minibatch's unit count.
+            loss = aggregation.total(terms, mask, cfg.max_new_tokens) / denom
             if not torch.isfinite(loss):
                 raise TrainingDiverged(step, "loss")
             if accelerator is not None:
@@ -633,6 +340,199 @@ def _write_model_dir(model, tokenizer, model_dir: Path, train_config: dict) -> N
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The phases of one step
+
+
+def _all_sum(values: list, accelerator) -> list:
+    """Sum per-rank values over the processes (identity on one process, which keeps python ints ints)."""
+    if accelerator.num_processes == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").tolist()
+
+
+def _initial_shard(initial_samples, rank: int, prompt_ids: list[list[int]], group_size: int
+                   ) -> tuple[list[Sample], list[float], float, float]:
+    """This rank's share of the rollout stage's step-0 samples: (samples, rewards, sampled tokens, 0 seconds)."""
+    P, G = len(prompt_ids), group_size
+    shard = list(initial_samples)[rank * P * G:(rank + 1) * P * G]
+    _validate_initial(shard, prompt_ids, G)
+    samples = [s for s, _ in shard]
+    return samples, [float(r) for _, r in shard], sum(len(s.response_ids) for s in samples), 0.0
+
+
+def _sample_and_score(model, tokenizer, prompt_ids: list[list[int]], golds: list[str], cfg: TrainConfig, *,
+                      seed: int, scorer: RewardScorer | None, reward_fn: RewardFn | None
+                      ) -> tuple[list[Sample], list[float], float, float]:
+    """G responses per prompt from the current policy, and their rewards: (samples, rewards, tokens, seconds)."""
+    samples = sample(model, tokenizer, prompt_ids, n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
+                     max_new_tokens=cfg.max_new_tokens, seed=seed, batch_size=cfg.batch_size, backend=cfg.backend)
+    texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
+    if reward_fn is not None:
+        rewards = [float(r) for r in reward_fn(texts, golds)]
+    else:
+        rewards = [float(r.reward) for r in scorer.score(
+            texts, golds, truncated=[s.finish_reason == "length" for s in samples])]
+    if len(rewards) != len(samples):
+        raise ValueError(f"reward function returned {len(rewards)} rewards for {len(samples)} responses")
+    return samples, rewards, samples.stats["tokens"], samples.stats["seconds"]
+
+
+def _per_token(samples: Sequence[Sample], attr: str) -> torch.Tensor:
+    """One per-token statistic of the sampler, flat over the batch's response tokens, fp32."""
+    return torch.tensor([x for s in samples for x in getattr(s, attr)], dtype=torch.float32)
+
+
+def _update(model, optimizer, guard: _UpdateGuard, rollouts: list[Rollout], cfg: TrainConfig, *, step: int,
+            rank: int, accelerator, pad_id: int, ref_model, loss_fn: PolicyLoss | None) -> dict[str, float]:
+    """``ppo_epochs`` passes over the step's rollouts, each in ``minibatches`` seeded-random minibatches, one AdamW
+    step per minibatch. Returns sums over the step: loss, tokens, clipped, approx_kl, grad_norm, and n_opt (the
+    number of optimizer steps)."""
+    world = accelerator.num_processes
+    model.train()
+    torch.manual_seed(derive_seed(cfg.seed, step, rank, "dropout"))  # dropout, if the model has any
+    shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank, "minibatch"))
+    upd = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "n_opt": 0}
+    for epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(len(rollouts), generator=shuffle).tolist()
+        for mb_no, mb_idx in enumerate(np.array_split(np.asarray(perm), cfg.minibatches)):
+            mb = [rollouts[int(i)] for i in mb_idx]
+            # DDP averages gradients over ranks, so each rank normalises by (global count) / world.
+            denom = max(_all_sum([loss_denominator(mb, cfg.agg)], accelerator)[0], 1.0) / world
+            stats = accumulate_gradients(model, mb, cfg, denom=denom, pad_id=pad_id, accelerator=accelerator,
+                                         ref_model=ref_model, step=step, policy_loss=loss_fn,
+                                         loss_seed=derive_seed(cfg.seed, step, rank, "loss", epoch, mb_no))
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if not torch.isfinite(torch.as_tensor(grad_norm)):
+                raise TrainingDiverged(step, "gradient norm")
+            guard.snapshot()
+            optimizer.step()
+            guard.check(step)
+            optimizer.zero_grad(set_to_none=True)
+            for k in ("loss", "tokens", "clipped", "approx_kl"):
+                upd[k] += stats[k]
+            upd["grad_norm"] += float(grad_norm)
+            upd["n_opt"] += 1
+    model.eval()
+    return upd
+
+
+@dataclass
+class StepSums:
+    """One rank's sums over the step's samples and updates. The ranks' sums are added (``_all_sum``) before the row
+    takes any ratio, so the row does not depend on how the batch was split over processes. Per-quadrant lists are in
+    ``QUADRANTS`` order."""
+
+    responses: float
+    reward: float
+    correct: float
+    """Responses with reward exactly 1."""
+    entropy: float
+    tokens: float
+    groups: float
+    mixed_groups: float
+    """Groups whose rewards are not all equal."""
+    sampled_tokens: float
+    loss: float
+    update_tokens: float
+    clipped: float
+    approx_kl: float
+    counts: list
+    grad_mass: list
+    weighted_grad_mass: list
+
+    def flat(self) -> list:
+        return [x for f in dataclasses.fields(self) for x in
+                (getattr(self, f.name) if isinstance(getattr(self, f.name), list) else [getattr(self, f.name)])]
+
+    def summed(self, accelerator) -> StepSums:
+        """These sums added over every process (themselves on one process)."""
+        if accelerator.num_processes == 1:
+            return self
+        values, out = iter(_all_sum(self.flat(), accelerator)), {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = [next(values) for _ in v] if isinstance(v, list) else next(values)
+        return StepSums(**out)
+
+
+def _step_sums(samples: Sequence[Sample], rewards: torch.Tensor, entropy: torch.Tensor, ann: BatchAnnotation,
+               upd: dict, group_size: int, sampled_tokens: float) -> StepSums:
+    group_r = rewards.view(-1, group_size)
+    return StepSums(
+        responses=len(samples), reward=float(rewards.sum()), correct=float((rewards == 1.0).sum()),
+        entropy=float(entropy.sum()), tokens=float(entropy.numel()),
+        groups=group_r.shape[0], mixed_groups=float((group_r.amax(1) != group_r.amin(1)).sum()),
+        sampled_tokens=float(sampled_tokens),
+        loss=upd["loss"], update_tokens=upd["tokens"], clipped=upd["clipped"], approx_kl=upd["approx_kl"],
+        counts=[ann.quadrants[q]["count"] for q in QUADRANTS],
+        grad_mass=[ann.quadrants[q]["grad_mass"] for q in QUADRANTS],
+        weighted_grad_mass=[ann.weighted_quadrants[q]["grad_mass"] for q in QUADRANTS],
+    )
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One step's metrics, by name (the module docstring defines each). ``as_dict`` lays them out in ``STEP_KEYS``
+    order, which the ``steps`` contract owns (``eapo.contracts.STEP_COLUMNS``); a per-quadrant field ``f`` becomes
+    the columns ``f_<quadrant>``."""
+
+    step: int
+    variant: str
+    reward_mean: float
+    accuracy: float
+    entropy_mean: float
+    response_length: float
+    loss: float
+    clip_frac: float
+    approx_kl: float
+    grad_norm: float
+    lr: float
+    tau: float
+    tokens: int
+    mixed_groups: float
+    count: dict
+    grad_share: dict
+    weighted_grad_share: dict
+    tokens_per_s: float
+    seconds: float
+
+    @classmethod
+    def of(cls, step: int, variant: str, s: StepSums, upd: dict, *, world: int, lr: float, tau: float,
+           sample_seconds: float, seconds: float) -> StepRow:
+        """The row from the step's sums over every rank; 0.0 where a ratio is undefined."""
+
+        def shares(mass: list) -> dict:
+            return {q: (m / sum(mass) if sum(mass) > 0 else 0.0) for q, m in zip(QUADRANTS, mass)}
+
+        n_opt = max(upd["n_opt"], 1)
+        return cls(
+            step=int(step), variant=str(variant),
+            reward_mean=s.reward / s.responses, accuracy=s.correct / s.responses,
+            entropy_mean=s.entropy / s.tokens if s.tokens else 0.0, response_length=s.tokens / s.responses,
+            # every rank holds the same DDP-averaged loss, so the sum over ranks is divided by their number
+            loss=s.loss / world / n_opt,
+            clip_frac=s.clipped / s.update_tokens if s.update_tokens else 0.0,
+            approx_kl=s.approx_kl / s.update_tokens if s.update_tokens else 0.0,
+            grad_norm=upd["grad_norm"] / n_opt, lr=lr, tau=float(tau) if math.isfinite(tau) else 0.0,
+            tokens=round(s.tokens), mixed_groups=s.mixed_groups / s.groups if s.groups else 0.0,
+            count={q: round(c) for q, c in zip(QUADRANTS, s.counts)},
+            grad_share=shares(s.grad_mass), weighted_grad_share=shares(s.weighted_grad_mass),
+            tokens_per_s=s.sampled_tokens / sample_seconds if sample_seconds > 0 else 0.0, seconds=seconds,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as the steps table and the checkpoints store it: ``STEP_KEYS`` in order, python scalars."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            flat.update({f"{f.name}_{q}": v[q] for q in QUADRANTS} if isinstance(v, dict) else {f.name: v})
+        if set(flat) != set(STEP_KEYS):
+            raise AssertionError(f"StepRow's fields {sorted(flat)} differ from the steps contract's {STEP_KEYS}")
+        return {k: (float(flat[k]) if isinstance(flat[k], float) else flat[k]) for k in STEP_KEYS}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -702,9 +602,7 @@ def train(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # The KL reference is the policy as given, frozen before any update or checkpoint load.
-    ref_model = None
-    if cfg.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
@@ -734,154 +632,53 @@ def train(
                                                    model_cfg.instruction)
         return prompt_ids_cache[i]
 
-    def all_sum(values: list[float]) -> list[float]:
-        """Sum counters over processes (identity on one process)."""
-        if world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-        return accelerator.reduce(t, reduction="sum").tolist()
-
-    scorer_cm = (contextlib.nullcontext() if reward_fn is not None else
-                 RewardScorer.from_config(reward_cfg))
+    scorer_cm = contextlib.nullcontext() if reward_fn is not None else RewardScorer.from_config(reward_cfg)
     with scorer_cm as scorer:
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
 
             # 1. prompts: this step's P·W prompts, this rank's contiguous shard of them.
-            step_idx = step_prompt_indices(len(prompts), cfg.prompts_per_step, cfg.seed, step)
-            mine = step_idx[rank * P:(rank + 1) * P]
+            mine = step_prompt_indices(len(prompts), cfg.prompts_per_step, cfg.seed, step)[rank * P:(rank + 1) * P]
             prompt_ids = [prompt_ids_of(i) for i in mine]
             golds = [str(prompts[i]["answer"]) for i in mine for _ in range(G)]
 
-            # 2-3. sample G responses per prompt with the current policy, and score them.
+            # 2-3. sample G responses per prompt with the current policy (step 0: the rollout stage's), and score.
             if step == 0 and initial_samples is not None:
-                shard = list(initial_samples)[rank * P * G:(rank + 1) * P * G]
-                _validate_initial(shard, prompt_ids, G)
-                samples = [s for s, _ in shard]
-                rewards = [float(r) for _, r in shard]
-                sample_tokens, sample_seconds = sum(len(s.response_ids) for s in samples), 0.0
+                samples, rewards, sampled_tokens, sample_seconds = _initial_shard(initial_samples, rank, prompt_ids, G)
             else:
                 model.eval()
-                samples = sample(raw_model, tokenizer, prompt_ids, n=G, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                 seed=derive_seed(cfg.seed, step, rank, "sample"), batch_size=cfg.batch_size,
-                                 backend=cfg.backend)
-                sample_tokens, sample_seconds = samples.stats["tokens"], samples.stats["seconds"]
-                texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
-                if reward_fn is not None:
-                    rewards = [float(r) for r in reward_fn(texts, golds)]
-                else:
-                    rewards = [float(r.reward) for r in scorer.score(
-                        texts, golds, truncated=[s.finish_reason == "length" for s in samples])]
-                if len(rewards) != len(samples):
-                    raise ValueError(f"reward function returned {len(rewards)} rewards for {len(samples)} responses")
+                samples, rewards, sampled_tokens, sample_seconds = _sample_and_score(
+                    raw_model, tokenizer, prompt_ids, golds, cfg, seed=derive_seed(cfg.seed, step, rank, "sample"),
+                    scorer=scorer, reward_fn=reward_fn)
 
             # 4. annotate: A per group (= prompt), τ over the whole batch, quadrants, w and Â = A·w, per token.
-            n_seq = len(samples)
-            lengths = torch.tensor([len(s.response_ids) for s in samples])
-            seq_ids = torch.repeat_interleave(torch.arange(n_seq), lengths)
-            reward_t = torch.tensor(rewards, dtype=torch.float32)
-            adv_seq = advantage_fn(reward_t, torch.arange(n_seq) // G)
-            adv_tok = adv_seq[seq_ids]
-            ent = torch.tensor([h for s in samples for h in s.entropies], dtype=torch.float32)
-            old_logp = torch.tensor([lp for s in samples for lp in s.logprobs], dtype=torch.float32)
-            sum_p_sq = torch.tensor([q for s in samples for q in s.sum_p_sq], dtype=torch.float32)
-            mask = torch.ones_like(ent, dtype=torch.bool)
+            ent, reward_t = _per_token(samples, "entropies"), torch.tensor(rewards, dtype=torch.float32)
+            lengths = [len(s.response_ids) for s in samples]
             # τ is a quantile of the whole batch: under several processes every rank needs every rank's entropies.
             ent_batch = ent if world == 1 else torch.tensor(gather_object(ent.tolist()), dtype=torch.float32)
-            tau = entropy_threshold(ent_batch, None, cfg.rho)
-            codes = assign_quadrants(ent, adv_tok, tau, mask)
-            # Quadrant ablations use the step's τ, so the dropped quadrant is exactly the one counted in the row; a
-            # top-entropy weighting given its own rho thresholds at that rho's quantile instead.
-            tau_w = tau
-            if (weighting.needs_tau and not hasattr(weighting, "quadrant") and variant.rho is not None
-                    and variant.rho != cfg.rho):
-                tau_w = entropy_threshold(ent_batch, None, variant.rho)
-            weights = weighting(ent, adv_tok, seq_ids, mask, tau_w)
-            adv_hat = adv_tok * weights
-            grad_norm_tok = logit_grad_norm(old_logp.exp(), sum_p_sq)
-            q_grpo = quadrant_stats(ent, adv_tok, codes, grad_norm_tok)
-            q_var = quadrant_stats(ent, adv_tok, codes, grad_norm_tok, weights=weights)
+            ann = annotate_batch(ent, _per_token(samples, "logprobs"), _per_token(samples, "sum_p_sq"),
+                                 torch.tensor(lengths), reward_t, torch.arange(len(samples)) // G,
+                                 advantage_fn=advantage_fn, weighting=weighting, rho=cfg.rho,
+                                 weighting_rho=variant.rho, threshold_entropy=ent_batch)
+            rollouts = [Rollout(list(s.prompt_ids), list(s.response_ids), list(s.logprobs), adv.tolist())
+                        for s, adv in zip(samples, ann.adv_hat.split(lengths))]
 
-            bounds = torch.cumsum(lengths, 0).tolist()
-            rollouts = [
-                Rollout(prompt_ids=list(s.prompt_ids), response_ids=list(s.response_ids), old_logp=list(s.logprobs),
-                        adv_tokens=adv_hat[b - len(s.response_ids):b].tolist())
-                for s, b in zip(samples, bounds)
-            ]
-
-            # 5. update: ppo_epochs passes, each over `minibatches` seeded-random minibatches; one AdamW step each.
+            # 5. update: ppo_epochs × minibatches AdamW steps; the learning rate is stepped once per training step.
             lr = float(scheduler.get_last_lr()[0])
-            model.train()
-            torch.manual_seed(derive_seed(cfg.seed, step, rank, "dropout"))  # dropout, if the model has any
-            shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank, "minibatch"))
-            upd = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "n_opt": 0}
-            for _epoch in range(cfg.ppo_epochs):
-                perm = torch.randperm(n_seq, generator=shuffle).tolist()
-                for mb_no, mb_idx in enumerate(np.array_split(np.asarray(perm), cfg.minibatches)):
-                    mb = [rollouts[int(i)] for i in mb_idx]
-                    # DDP averages gradients over ranks, so each rank normalises by (global count) / world.
-                    denom = max(all_sum([loss_denominator(mb, cfg.agg)])[0], 1.0) / world
-                    stats = accumulate_gradients(model, mb, cfg, denom=denom, pad_id=pad_id, accelerator=accelerator,
-                                                 ref_model=ref_model, step=step, policy_loss=loss_fn,
-                                                 loss_seed=derive_seed(cfg.seed, step, rank, "loss", _epoch, mb_no))
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    if not torch.isfinite(torch.as_tensor(grad_norm)):
-                        raise TrainingDiverged(step, "gradient norm")
-                    guard.snapshot()
-                    optimizer.step()
-                    guard.check(step)
-                    optimizer.zero_grad(set_to_none=True)
-                    for k in ("loss", "tokens", "clipped", "approx_kl"):
-                        upd[k] += stats[k]
-                    upd["grad_norm"] += float(grad_norm)
-                    upd["n_opt"] += 1
+            upd = _update(model, optimizer, guard, rollouts, cfg, step=step, rank=rank, accelerator=accelerator,
+                          pad_id=pad_id, ref_model=ref_model, loss_fn=loss_fn)
             scheduler.step()
-            model.eval()
 
-            # 6. metrics: local sums, summed over ranks, then the row.
-            group_r = reward_t.view(-1, G)
-            local = [
-                n_seq, float(reward_t.sum()), float((reward_t == 1.0).sum()), float(ent.sum()), float(ent.numel()),
-                group_r.shape[0], float((group_r.amax(1) != group_r.amin(1)).sum()), float(sample_tokens),
-                upd["loss"], upd["tokens"], upd["clipped"], upd["approx_kl"],
-                *[q_grpo[q]["count"] for q in QUADRANTS],
-                *[q_grpo[q]["grad_mass"] for q in QUADRANTS],
-                *[q_var[q]["grad_mass"] for q in QUADRANTS],
-            ]
-            (n_all, r_sum, correct, h_sum, n_tok, n_groups, n_mixed, tok_sampled,
-             loss_sum, upd_tok, clipped, akl, *quad) = all_sum(local)
-            counts, mass, wmass = quad[0:4], quad[4:8], quad[8:12]
-            seconds = time.perf_counter() - t_step
-            row: dict[str, Any] = {
-                "step": int(step),
-                "variant": str(variant_name),
-                "reward_mean": r_sum / n_all,
-                "accuracy": correct / n_all,
-                "entropy_mean": h_sum / n_tok if n_tok else 0.0,
-                "response_length": n_tok / n_all,
-                "loss": loss_sum / world / max(upd["n_opt"], 1),
-                "clip_frac": clipped / upd_tok if upd_tok else 0.0,
-                "approx_kl": akl / upd_tok if upd_tok else 0.0,
-                "grad_norm": upd["grad_norm"] / max(upd["n_opt"], 1),
-                "lr": lr,
-                "tau": float(tau) if math.isfinite(tau) else 0.0,
-                "tokens": round(n_tok),
-                "mixed_groups": n_mixed / n_groups if n_groups else 0.0,
-                **{f"count_{q}": round(c) for q, c in zip(QUADRANTS, counts)},
-                **{f"grad_share_{q}": (m / sum(mass) if sum(mass) > 0 else 0.0) for q, m in zip(QUADRANTS, mass)},
-                **{f"weighted_grad_share_{q}": (m / sum(wmass) if sum(wmass) > 0 else 0.0)
-                   for q, m in zip(QUADRANTS, wmass)},
-                "tokens_per_s": tok_sampled / sample_seconds if sample_seconds > 0 else 0.0,
-                "seconds": seconds,
-            }
-            row = {k: (float(v) if isinstance(v, float) else v) for k, v in row.items()}
+            # 6. metrics: this rank's sums, summed over ranks, then the row.
+            sums = _step_sums(samples, reward_t, ent, ann, upd, G, sampled_tokens).summed(accelerator)
+            row = StepRow.of(step, variant_name, sums, upd, world=world, lr=lr, tau=ann.tau,
+                             sample_seconds=sample_seconds, seconds=time.perf_counter() - t_step).as_dict()
             rows.append(row)
             if accelerator.is_main_process:
                 logger.info("step %d/%d %s reward=%.3f entropy=%.3f len=%.1f loss=%.4f grad_norm=%.3f lr=%.2e "
                             "tau=%.3f mixed=%.2f %.1fs", step, cfg.steps - 1, variant_name, row["reward_mean"],
                             row["entropy_mean"], row["response_length"], row["loss"], row["grad_norm"], lr,
-                            row["tau"], row["mixed_groups"], seconds)
+                            row["tau"], row["mixed_groups"], row["seconds"])
                 if on_step is not None:
                     on_step(dict(row))
 

@@ -277,3 +277,31 @@ def test_smollm2_both_backends_match_teacher_forcing():
         )
         _check_structure(out, prompts, 2, 16, [tok.eos_token_id])
         _check_teacher_forcing(pol.model, out)
+
+
+def test_a_registered_backend_is_picked_by_name(tiny, prompts):
+    """A new backend (e.g. vLLM) is one registration: ``sample`` looks it up by name, with the seeds and eos ids it
+    gives every backend, and builds the same ``Samples`` from the rows it fills."""
+    from eapo.sampler import BACKENDS
+
+    calls = []
+
+    @BACKENDS.register("test_fixed")
+    def fixed(model, rows, *, temperature, top_p, max_new_tokens, seed, eos_ids, pad_id, on_tokens):
+        calls.append((len(rows), seed, tuple(eos_ids)))
+        for r in rows:
+            r.tokens, r.logprobs, r.entropies, r.sum_p_sq = [7, 9], [-1.0, -2.0], [0.5, 0.25], [0.1, 0.2]
+            r.finish_reason = "length"
+        on_tokens(2 * len(rows))
+
+    try:
+        out = sample(tiny.model, tiny.tokenizer, prompts, n=2, max_new_tokens=2, seed=3, batch_size=4,
+                     backend="test_fixed", eos_token_ids=[5])
+    finally:
+        BACKENDS.unregister("test_fixed")
+    assert [c[0] for c in calls] == [4, 2]  # 6 rows in batches of 4
+    assert len({c[1] for c in calls}) == 2 and all(c[2] == (5,) for c in calls)  # one seed per batch
+    assert [s.response_ids for s in out] == [[7, 9]] * 6 and [s.prompt_ids for s in out[::2]] == prompts
+    assert out.stats["tokens"] == 12 and out.stats["backend"] == "test_fixed"
+    with pytest.raises(ValueError, match="^unknown sampler backend 'test_fixed'; known: fast, generate$"):
+        sample(tiny.model, tiny.tokenizer, prompts, n=1, max_new_tokens=2, seed=0, backend="test_fixed")

@@ -16,20 +16,16 @@ from eapo import trainer as trainer_mod
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.core.losses import policy_loss
 from eapo.data import generate
+from eapo.forward import Rollout, collate, grouped_logprobs, sequence_logprobs, supports_prefix_sharing
 from eapo.policy import Policy, load_policy
 from eapo.sampler import sample, teacher_forced_logprobs
 from eapo.trainer import (
     STEP_KEYS,
     WALL_TIME_KEYS,
-    Rollout,
     TrainingDiverged,
     accumulate_gradients,
-    collate,
-    grouped_logprobs,
     loss_denominator,
-    sequence_logprobs,
     step_prompt_indices,
-    supports_prefix_sharing,
     train,
 )
 

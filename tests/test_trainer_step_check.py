@@ -27,6 +27,7 @@ import torch
 from eapo import trainer as trainer_mod
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.data import generate
+from eapo.forward import Rollout
 from eapo.policy import Policy, load_policy
 from tests.test_trainer import _one_thread, parity_reward  # noqa: F401  (_one_thread: an autouse fixture)
 
@@ -250,11 +251,57 @@ def test_one_training_step_against_an_independent_computation(base, prompts, tmp
 
 
 def test_loss_denominator_counts_tokens_or_non_empty_responses():
-    rows = [trainer_mod.Rollout([1, 2], [5, 6, 7], [-1.0] * 3, [1.0] * 3),
-            trainer_mod.Rollout([1, 2], [], [], []),  # an empty response: no token, and no sequence either
-            trainer_mod.Rollout([3], [8], [-1.0], [-1.0])]
+    rows = [Rollout([1, 2], [5, 6, 7], [-1.0] * 3, [1.0] * 3),
+            Rollout([1, 2], [], [], []),  # an empty response: no token, and no sequence either
+            Rollout([3], [8], [-1.0], [-1.0])]
     assert trainer_mod.loss_denominator(rows, "token_mean") == 4.0
     assert trainer_mod.loss_denominator(rows, "seq_mean_token_mean") == 2.0
     assert trainer_mod.loss_denominator(rows, "seq_mean_token_sum_norm") == 2.0
-    with pytest.raises(ValueError, match="^unknown aggregation 'mean'$"):
+    with pytest.raises(ValueError, match="^unknown aggregation 'mean'; known: seq_mean_token_mean, "
+                                         "seq_mean_token_sum_norm, token_mean$"):
         trainer_mod.loss_denominator(rows, "mean")
+
+
+SUMS = dict(responses=4, reward=2.0, correct=1.0, entropy=6.0, tokens=12.0, groups=2, mixed_groups=1.0,
+            sampled_tokens=12.0, loss=0.5, update_tokens=24.0, clipped=6.0, approx_kl=0.24, counts=[1, 2, 3, 0],
+            grad_mass=[1.0, 1.0, 2.0, 0.0], weighted_grad_mass=[0.0, 0.0, 0.0, 0.0])
+
+
+def test_step_row_is_named_and_laid_out_in_the_steps_contract_order():
+    from eapo.contracts import STEP_COLUMNS
+    from eapo.trainer import StepRow, StepSums
+
+    row = StepRow.of(3, "v", StepSums(**SUMS), {"n_opt": 2, "grad_norm": 3.0}, world=1, lr=1e-3, tau=math.inf,
+                     sample_seconds=2.0, seconds=5.0).as_dict()
+    assert list(row) == [name for name, _ in STEP_COLUMNS] + ["tokens_per_s", "seconds"]
+    assert row == {
+        "step": 3, "variant": "v", "reward_mean": 0.5, "accuracy": 0.25, "entropy_mean": 0.5, "response_length": 3.0,
+        "loss": 0.25, "clip_frac": 0.25, "approx_kl": 0.01, "grad_norm": 1.5, "lr": 1e-3, "tau": 0.0, "tokens": 12,
+        "mixed_groups": 0.5, "count_pos_high": 1, "count_pos_low": 2, "count_neg_high": 3, "count_neg_low": 0,
+        "grad_share_pos_high": 0.25, "grad_share_pos_low": 0.25, "grad_share_neg_high": 0.5, "grad_share_neg_low": 0.0,
+        **{f"weighted_grad_share_{q}": 0.0 for q in ("pos_high", "pos_low", "neg_high", "neg_low")},
+        "tokens_per_s": 6.0, "seconds": 5.0,
+    }
+
+
+def test_step_sums_are_summed_over_ranks_by_name():
+    """Two ranks with the same samples: every count doubles, every ratio of the row stays, the DDP-averaged loss
+    (held by both ranks) is divided by the world size."""
+    from eapo.trainer import StepRow, StepSums
+
+    class TwoRanks:
+        num_processes, device = 2, "cpu"
+
+        def reduce(self, t, reduction):
+            assert reduction == "sum" and t.dtype == torch.float64
+            return t * 2
+
+    one = StepSums(**SUMS)
+    both = one.summed(TwoRanks())
+    assert both.counts == [2.0, 4.0, 6.0, 0.0] and both.responses == 8.0 and both.loss == 1.0
+    upd = {"n_opt": 2, "grad_norm": 3.0}
+    kw = dict(lr=1e-3, tau=1.0, sample_seconds=2.0, seconds=5.0)
+    assert StepRow.of(0, "v", both, upd, world=2, **kw) == dataclasses.replace(
+        StepRow.of(0, "v", one, upd, world=1, **kw), tokens=24, count={"pos_high": 2, "pos_low": 4, "neg_high": 6,
+                                                                       "neg_low": 0}, tokens_per_s=12.0)
+    assert one.summed(type("OneRank", (), {"num_processes": 1})()) is one

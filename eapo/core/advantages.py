@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 __all__ = [
     "ADVANTAGES",
     "AdvantageFn",
@@ -28,27 +30,14 @@ __all__ = [
 ]
 
 AdvantageFn = Callable[..., Tensor]
-ADVANTAGES: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator: add an advantage estimator to ``ADVANTAGES`` under ``name``."""
-
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGES:
-            raise ValueError(f"advantage {name!r} is already registered")
-        ADVANTAGES[name] = fn
-        return fn
-
-    return deco
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage")
+#: Decorator ``@register_advantage("name")``: add an estimator to ``ADVANTAGES``.
+register_advantage = ADVANTAGES.register
 
 
 def get_advantage_fn(name: str) -> AdvantageFn:
-    """The registered estimator called ``name``; ValueError listing the known names otherwise."""
-    try:
-        return ADVANTAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown advantage {name!r}; known: {sorted(ADVANTAGES)}") from None
+    """The registered estimator called ``name``; ``UnknownName`` (a ValueError) listing the known names otherwise."""
+    return ADVANTAGES[name]
 
 
 def group_index(group_ids: Tensor | Sequence, device: torch.device | None = None) -> tuple[Tensor, int]:

@@ -58,12 +58,16 @@ K = M = 8 (1 500 matrices × 200 resamples): 0.997 (null 0.5), 0.96 (null 0.1), 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .registry import Registry
+
 __all__ = [
     "CMI_ESTIMATORS",
+    "CMIEstimator",
     "DEFAULT_ESTIMATOR",
     "binary_entropy",
     "bootstrap_cmi",
@@ -71,31 +75,28 @@ __all__ = [
     "cmi_from_counts",
     "cmi_from_outcomes",
     "min_shape",
-    "register_cmi_estimator",
     "stratified_mean_difference",
 ]
 
 #: fn(counts [..., K] ints, m) -> estimates [...]; vectorised over leading dimensions (bootstrap resamples).
-CMIEstimator = Callable[[np.ndarray, int], np.ndarray]
-CMI_ESTIMATORS: dict[str, CMIEstimator] = {}
+EstimatorFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CMIEstimator:
+    """A registered estimator: ``fn`` and the smallest (K, M) it is defined for. Called like ``fn``."""
+
+    fn: EstimatorFn
+    min_k: int = 1
+    min_m: int = 1
+
+    def __call__(self, counts: np.ndarray, m: int) -> np.ndarray:
+        return self.fn(counts, m)
+
+
+CMI_ESTIMATORS: Registry[CMIEstimator] = Registry("CMI estimator")
 #: The estimator ``cmi_from_outcomes`` and ``bootstrap_cmi`` use unless told otherwise (see the module docstring).
 DEFAULT_ESTIMATOR = "jackknife"
-#: Smallest (K, M) each estimator is defined for.
-_MIN_SHAPE: dict[str, tuple[int, int]] = {}
-
-
-def register_cmi_estimator(name: str, min_k: int = 1, min_m: int = 1) -> Callable[[CMIEstimator], CMIEstimator]:
-    """Decorator: add ``fn(counts[..., K], m) -> [...]`` to ``CMI_ESTIMATORS`` under ``name``; it needs K ≥ min_k
-    alternatives and M ≥ min_m continuations."""
-
-    def deco(fn: CMIEstimator) -> CMIEstimator:
-        if name in CMI_ESTIMATORS:
-            raise ValueError(f"CMI estimator {name!r} is already registered")
-        CMI_ESTIMATORS[name] = fn
-        _MIN_SHAPE[name] = (min_k, min_m)
-        return fn
-
-    return deco
 
 
 def binary_entropy(p: ArrayLike) -> np.ndarray | float:
@@ -127,7 +128,6 @@ def cmi_estimate(p_hat: ArrayLike) -> float:
     return max(float(binary_entropy(p.mean())) - float(np.mean(binary_entropy(p))), 0.0)
 
 
-@register_cmi_estimator("plugin")
 def _plugin(counts: np.ndarray, m: int) -> np.ndarray:
     """Plug-in: H_b(p̄) − mean_k H_b(c_k / M), ≥ 0 (float noise clipped)."""
     k = counts.shape[-1]
@@ -135,7 +135,6 @@ def _plugin(counts: np.ndarray, m: int) -> np.ndarray:
     return np.maximum(est, 0.0)
 
 
-@register_cmi_estimator("miller_madow")
 def _miller_madow(counts: np.ndarray, m: int) -> np.ndarray:
     """Miller–Madow: every binary entropy + (occupied bins − 1)/(2n)."""
     k = counts.shape[-1]
@@ -164,27 +163,28 @@ def _jackknife_pooled_entropy(counts: np.ndarray, m: int) -> np.ndarray:
     return k * full - (k - 1) * deleted
 
 
-@register_cmi_estimator("jackknife", min_k=2, min_m=2)
 def _jackknife(counts: np.ndarray, m: int) -> np.ndarray:
     """Jackknife: the pooled term over alternatives, each row's term over its continuations (module docstring)."""
     return _jackknife_pooled_entropy(counts, m) - _jackknife_row_entropy(counts, m).mean(-1)
 
 
+CMI_ESTIMATORS.register("plugin")(CMIEstimator(_plugin))
+CMI_ESTIMATORS.register("miller_madow")(CMIEstimator(_miller_madow))
+CMI_ESTIMATORS.register("jackknife")(CMIEstimator(_jackknife, min_k=2, min_m=2))
+
+
 def min_shape(name: str) -> tuple[int, int]:
     """(smallest K, smallest M) the registered estimator ``name`` is defined for."""
-    if name not in CMI_ESTIMATORS:
-        raise ValueError(f"unknown CMI estimator {name!r}; known: {sorted(CMI_ESTIMATORS)}")
-    return _MIN_SHAPE[name]
+    est = CMI_ESTIMATORS[name]
+    return est.min_k, est.min_m
 
 
 def _estimator(name: str, k: int, m: int) -> CMIEstimator:
-    if name not in CMI_ESTIMATORS:
-        raise ValueError(f"unknown CMI estimator {name!r}; known: {sorted(CMI_ESTIMATORS)}")
-    min_k, min_m = _MIN_SHAPE[name]
-    if k < min_k or m < min_m:
-        raise ValueError(f"CMI estimator {name!r} needs K >= {min_k} alternatives and M >= {min_m} continuations, "
-                         f"got K={k}, M={m}")
-    return CMI_ESTIMATORS[name]
+    est = CMI_ESTIMATORS[name]
+    if k < est.min_k or m < est.min_m:
+        raise ValueError(f"CMI estimator {name!r} needs K >= {est.min_k} alternatives and M >= {est.min_m} "
+                         f"continuations, got K={k}, M={m}")
+    return est
 
 
 def _check_outcomes(outcomes: ArrayLike) -> np.ndarray:

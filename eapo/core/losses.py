@@ -19,14 +19,18 @@ from __future__ import annotations
 import abc
 import inspect
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 __all__ = [
     "AGGREGATIONS",
+    "Aggregation",
     "DEFAULT_POLICY_LOSS",
     "POLICY_LOSSES",
     "ClipCov",
@@ -40,7 +44,6 @@ __all__ = [
     "policy_loss",
     "policy_loss_terms",
     "register_aggregation",
-    "register_policy_loss",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "token_covariance",
@@ -48,61 +51,78 @@ __all__ = [
 ]
 
 AggFn = Callable[[Tensor, Tensor, "int | None"], Tensor]
-AGGREGATIONS: dict[str, AggFn] = {}
 
 
-def register_aggregation(name: str) -> Callable[[AggFn], AggFn]:
-    """Decorator: add ``fn(values[B,T], mask[B,T], norm_len) -> scalar`` to ``AGGREGATIONS``."""
+@dataclass(frozen=True)
+class Aggregation:
+    """A loss aggregation: the mean, over its ``unit``s (valid tokens, or sequences with ≥ 1 valid token), of a
+    per-unit value. ``total(values[B,T], mask[B,T], norm_len) -> scalar`` is the *sum* over the batch's units, so
+    that a micro-batched update can divide each micro-batch's total by the whole minibatch's unit count
+    (``count_lengths``) and accumulate exactly the gradient of the minibatch mean (see the module docstring).
+    Calling it gives the mean over one batch: ``total / max(count(mask), 1)``."""
 
-    def deco(fn: AggFn) -> AggFn:
-        if name in AGGREGATIONS:
-            raise ValueError(f"aggregation {name!r} is already registered")
-        AGGREGATIONS[name] = fn
-        return fn
+    unit: Literal["token", "sequence"]
+    total: AggFn
 
-    return deco
+    def count(self, mask: Tensor) -> Tensor:
+        """The number of units under ``mask`` [B, T] (a 0-dim tensor)."""
+        m = mask.bool()
+        return m.sum() if self.unit == "token" else (m.sum(-1) > 0).sum()
+
+    def count_lengths(self, lengths: Iterable[int]) -> float:
+        """The number of units in responses of these token lengths."""
+        return float(sum(lengths) if self.unit == "token" else sum(1 for n in lengths if n > 0))
+
+    def __call__(self, values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
+        return self.total(values, mask, norm_len) / self.count(mask).clamp(min=1)
 
 
-@register_aggregation("token_mean")
-def token_mean(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
-    """DAPO: Σ over all valid tokens / number of valid tokens (0 if there are none). [B,T],[B,T] -> scalar."""
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp(min=1)
+AGGREGATIONS: Registry[AggFn] = Registry("aggregation")
+"""Aggregations by name: ``Aggregation``s (any ``fn(values[B,T], mask[B,T], norm_len) -> scalar`` reduces a single
+batch through ``aggregate``; the trainer's micro-batched update needs an ``Aggregation``)."""
+#: Decorator ``@register_aggregation("name")``: add an aggregation to ``AGGREGATIONS``.
+register_aggregation = AGGREGATIONS.register
 
 
-@register_aggregation("seq_mean_token_mean")
-def seq_mean_token_mean(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
-    """GRPO: mean over each sequence's valid tokens, then mean over sequences with ≥ 1 valid token. -> scalar."""
+def _token_total(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
+    return (values * mask.to(values.dtype)).sum()
+
+
+def _seq_token_mean_total(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
     m = mask.to(values.dtype)
     n_tok = m.sum(-1)
-    has = n_tok > 0
     per_seq = (values * m).sum(-1) / n_tok.clamp(min=1)
-    return (per_seq * has).sum() / has.sum().clamp(min=1)
+    return (per_seq * (n_tok > 0)).sum()
 
 
-@register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
-    """Dr.GRPO: per-sequence token *sum* / a constant ``norm_len`` (default T = values.shape[-1]), then mean over
-    sequences with ≥ 1 valid token. The constant removes GRPO's length bias (long wrong answers under-penalised).
-    -> scalar."""
+def _seq_token_sum_norm_total(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
     L = values.shape[-1] if norm_len is None else int(norm_len)
     if L < 1:
         raise ValueError(f"norm_len must be >= 1, got {norm_len}")
     m = mask.to(values.dtype)
-    has = m.sum(-1) > 0
     per_seq = (values * m).sum(-1) / L
-    return (per_seq * has).sum() / has.sum().clamp(min=1)
+    return (per_seq * (m.sum(-1) > 0)).sum()
+
+
+token_mean = register_aggregation("token_mean")(Aggregation("token", _token_total))
+"""DAPO: Σ over all valid tokens / number of valid tokens (0 if there are none). [B,T],[B,T] -> scalar."""
+seq_mean_token_mean = register_aggregation("seq_mean_token_mean")(Aggregation("sequence", _seq_token_mean_total))
+"""GRPO: mean over each sequence's valid tokens, then mean over sequences with ≥ 1 valid token. -> scalar."""
+seq_mean_token_sum_norm = register_aggregation("seq_mean_token_sum_norm")(
+    Aggregation("sequence", _seq_token_sum_norm_total))
+"""Dr.GRPO: per-sequence token *sum* / a constant ``norm_len`` (default T = values.shape[-1]), then mean over
+sequences with ≥ 1 valid token. The constant removes GRPO's length bias (long wrong answers under-penalised).
+-> scalar."""
 
 
 def aggregate(values: Tensor, mask: Tensor, agg: str = "token_mean", norm_len: int | None = None) -> Tensor:
     """Reduce per-token ``values`` [B, T] under ``mask`` [B, T] with the aggregation ``agg`` -> 0-dim tensor."""
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {agg!r}; known: {sorted(AGGREGATIONS)}")
+    fn = AGGREGATIONS[agg]
     if values.dim() != 2 or values.shape != mask.shape:
         raise ValueError(
             f"expected values and mask of equal shape [B, T], got {tuple(values.shape)}, {tuple(mask.shape)}"
         )
-    return AGGREGATIONS[agg](values, mask, norm_len)
+    return fn(values, mask, norm_len)
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor, clamp: float = 10.0) -> Tensor:
@@ -112,6 +132,14 @@ def k3_kl(logp: Tensor, ref_logp: Tensor, clamp: float = 10.0) -> Tensor:
     """
     d = torch.clamp(ref_logp - logp, min=-clamp, max=clamp)
     return torch.exp(d) - d - 1.0
+
+
+def _check_kl(kl_coef: float, ref_logp: Tensor | None) -> None:
+    """The KL-to-reference term's preconditions, shared by ``policy_loss_terms`` and every ``PolicyLoss``."""
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef > 0 and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs ref_logp")
 
 
 def _check_shapes(**tensors: Tensor | None) -> None:
@@ -142,19 +170,9 @@ def policy_loss_terms(
             (the clipped branch was taken and differs), ``ratio`` [B,T], ``kl`` [B,T] (only if ref_logp is given).
     """
     _check_shapes(logp=logp, old_logp=old_logp, adv_tokens=adv_tokens, mask=mask, ref_logp=ref_logp)
-    if clip_low < 0 or clip_high < 0:
-        raise ValueError(f"clip_low/clip_high must be >= 0, got {clip_low}, {clip_high}")
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-    if kl_coef > 0 and ref_logp is None:
-        raise ValueError("kl_coef > 0 needs ref_logp")
+    _check_kl(kl_coef, ref_logp)
     m = mask.bool()
-    adv = adv_tokens.detach()
-    # Clamp the log-ratio before exp: masked/padded positions may hold garbage and exp would overflow to inf·0 = NaN.
-    log_ratio = torch.where(m, logp - old_logp.detach(), torch.zeros_like(logp)).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    pg1 = -ratio * adv
-    pg2 = -torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    ratio, pg1, pg2, clipped = _ppo_parts(logp, old_logp.detach(), adv_tokens.detach(), m, clip_low, clip_high)
     pg = torch.maximum(pg1, pg2)
     loss = pg
     kl = None
@@ -165,7 +183,7 @@ def policy_loss_terms(
     loss = torch.where(m, loss, torch.zeros_like(loss))
     if not return_parts:
         return loss
-    parts = {"pg": pg.detach(), "clipped": (pg2 > pg1) & m, "ratio": ratio.detach()}
+    parts = {"pg": pg.detach(), "clipped": clipped, "ratio": ratio.detach()}
     if kl is not None:
         parts["kl"] = kl.detach()
     return loss, parts
@@ -250,10 +268,7 @@ class PolicyLoss(abc.ABC):
                       entropy=entropy)
         if self.needs_entropy and entropy is None:
             raise ValueError(f"policy loss {self.name!r} needs the per-token entropy (with gradient)")
-        if kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-        if kl_coef > 0 and ref_logp is None:
-            raise ValueError("kl_coef > 0 needs ref_logp")
+        _check_kl(kl_coef, ref_logp)
         m = mask.bool()
         pg, parts = self._terms(logp, old_logp.detach(), adv_tokens.detach(), m, clip_low, clip_high, entropy,
                                 generator)
@@ -268,29 +283,15 @@ class PolicyLoss(abc.ABC):
         """Per-token loss before the KL-to-reference term and masking, and its parts."""
 
 
-POLICY_LOSSES: dict[str, type[PolicyLoss]] = {}
+POLICY_LOSSES: Registry[type[PolicyLoss]] = Registry("policy loss", name_attr="name")
+"""``PolicyLoss`` subclasses by name: ``@POLICY_LOSSES.register("name")`` on the class."""
 #: The loss a variant uses unless it names another.
 DEFAULT_POLICY_LOSS = "ppo_clip"
-
-
-def register_policy_loss(name: str) -> Callable[[type[PolicyLoss]], type[PolicyLoss]]:
-    """Class decorator: register a ``PolicyLoss`` subclass under ``name``."""
-
-    def deco(cls: type[PolicyLoss]) -> type[PolicyLoss]:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        cls.name = name
-        POLICY_LOSSES[name] = cls
-        return cls
-
-    return deco
 
 
 def build_policy_loss(name: str, **params: Any) -> PolicyLoss:
     """Instantiate the policy loss ``name`` with ``params``; ValueError naming an unknown loss or parameter, or a
     value out of range."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}")
     cls = POLICY_LOSSES[name]
     accepted = {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
     for key in params:
@@ -307,9 +308,11 @@ def _positive(name: str, value: Any, upper: float = math.inf) -> float:
 
 def _ppo_parts(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, clip_low: float, clip_high: float
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ratio, unclipped −r·Â, clipped −clip(r)·Â, clip taken) exactly as ``policy_loss_terms`` computes them."""
+    """(ratio, unclipped −r·Â, clipped −clip(r)·Â, clip taken): the clipped surrogate's parts, for
+    ``policy_loss_terms`` and every ``PolicyLoss`` that clips. ``old_logp`` and ``adv`` are taken as constants."""
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low/clip_high must be >= 0, got {clip_low}, {clip_high}")
+    # Clamp the log-ratio before exp: masked/padded positions may hold garbage and exp would overflow to inf·0 = NaN.
     log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp)).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     pg1 = -ratio * adv
@@ -328,7 +331,7 @@ def token_covariance(adv: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, cov, torch.full_like(cov, -math.inf))
 
 
-@register_policy_loss("ppo_clip")
+@POLICY_LOSSES.register("ppo_clip")
 class PPOClip(PolicyLoss):
     """The clipped PPO/GRPO/DAPO surrogate of ``policy_loss_terms`` (decoupled clip range ε_low/ε_high)."""
 
@@ -340,7 +343,7 @@ class PPOClip(PolicyLoss):
         return torch.maximum(pg1, pg2), {"ratio": ratio.detach(), "clipped": clipped}
 
 
-@register_policy_loss("clip_cov")
+@POLICY_LOSSES.register("clip_cov")
 class ClipCov(PolicyLoss):
     """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models",
     arXiv 2505.22617, §5; verl ``compute_policy_loss_clip_cov``): entropy collapse is driven by tokens whose
@@ -381,7 +384,7 @@ class ClipCov(PolicyLoss):
         return pg, {"ratio": ratio.detach(), "clipped": clipped, "selected": selected}
 
 
-@register_policy_loss("kl_cov")
+@POLICY_LOSSES.register("kl_cov")
 class KLCov(PolicyLoss):
     """KL-Cov (Cui et al. 2025, arXiv 2505.22617, §5; verl ``compute_policy_loss_kl_cov``): the plain
     importance-weighted policy gradient −r·Â on every token (no ratio clipping), plus a KL penalty
@@ -415,7 +418,7 @@ class KLCov(PolicyLoss):
         return pg, {"ratio": ratio.detach(), "clipped": torch.zeros_like(mask), "selected": selected}
 
 
-@register_policy_loss("entropy_bonus")
+@POLICY_LOSSES.register("entropy_bonus")
 class EntropyBonus(PolicyLoss):
     """Entropy regularisation: the clipped PPO surrogate minus ``coef`` · H_t per token, so maximising the objective
     also raises the policy's entropy (the PPO entropy bonus c₂, Schulman et al. 2017, arXiv 1707.06347; the baseline

@@ -17,9 +17,13 @@ share among quadrant tokens read 23%, not 20%.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported inside the functions: the names below (QUADRANTS, the codes) are the one definition the steps
+# contract and the report read too, and those must not pay for importing torch.
 
 __all__ = [
     "NEG_HIGH",
@@ -61,6 +65,8 @@ def entropy_threshold(entropy: Tensor, mask: Tensor | None, rho: float) -> float
         the boundary is always ≥ τ. No valid token → +inf, so that no token is high (and nothing downstream is
         selected).
     """
+    import torch
+
     if not (0.0 < rho <= 1.0):
         raise ValueError(f"rho must be in (0, 1], got {rho}")
     h = entropy.reshape(-1)
@@ -93,6 +99,8 @@ def assign_quadrants(entropy: Tensor, advantage: Tensor, tau: float, mask: Tenso
     Returns:
         LongTensor shaped like ``entropy``: 0..3 in ``QUADRANTS`` order, -1 for advantage 0 or masked tokens.
     """
+    import torch
+
     adv = torch.broadcast_to(advantage, entropy.shape)
     high = entropy >= tau
     code = torch.where(adv > 0, torch.where(high, POS_HIGH, POS_LOW), torch.where(high, NEG_HIGH, NEG_LOW))
@@ -132,6 +140,8 @@ def quadrant_stats(
         Empty quadrant: count 0, share 0.0, grad_mass 0.0, grad_share 0.0, and the means are None (undefined, not 0).
         If no token carries gradient mass, every grad_share is 0.0.
     """
+    import torch
+
     shape = codes.shape
 
     def flat(x: Tensor) -> Tensor:

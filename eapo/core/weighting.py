@@ -21,13 +21,13 @@ from __future__ import annotations
 import abc
 import inspect
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from .quadrants import QUADRANT_CODES, QUADRANTS, assign_quadrants, entropy_threshold
+from .registry import Registry
 
 __all__ = [
     "EAPO",
@@ -42,20 +42,9 @@ __all__ = [
     "register_weighting",
 ]
 
-WEIGHTINGS: dict[str, type[Weighting]] = {}
-
-
-def register_weighting(name: str) -> Callable[[type[Weighting]], type[Weighting]]:
-    """Class decorator: register a ``Weighting`` subclass under ``name``."""
-
-    def deco(cls: type[Weighting]) -> type[Weighting]:
-        if name in WEIGHTINGS:
-            raise ValueError(f"weighting {name!r} is already registered")
-        cls.name = name
-        WEIGHTINGS[name] = cls
-        return cls
-
-    return deco
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", name_attr="name")
+#: Class decorator ``@register_weighting("name")``: register a ``Weighting`` subclass (its ``name`` is set).
+register_weighting = WEIGHTINGS.register
 
 
 def build_weighting(name: str, **params: Any) -> Weighting:
@@ -64,8 +53,6 @@ def build_weighting(name: str, **params: Any) -> Weighting:
     Raises ValueError for an unknown name (listing the known ones), an unknown or missing parameter (naming it), or
     an invalid value (naming the parameter and the allowed range).
     """
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; known: {sorted(WEIGHTINGS)}")
     cls = WEIGHTINGS[name]
     sig = inspect.signature(cls.__init__)
     accepted = [p for p in sig.parameters.values() if p.name != "self"]
@@ -126,6 +113,11 @@ class Weighting(abc.ABC):
 
     name: ClassVar[str] = "base"
     needs_tau: ClassVar[bool] = False
+    """Whether the weights depend on the high/low entropy split at τ (then ``rho`` says which quantile)."""
+    own_threshold: ClassVar[bool] = False
+    """True when a ``rho`` given to this weighting is a threshold of its own (``top_entropy`` keeps its own top-ρ
+    share even when the caller splits its statistics at another ρ); False when it must split at the caller's τ, as
+    the quadrant masks must: the quadrant they drop is then exactly the one the caller counts."""
     rho: float | None = None
 
     @property
@@ -185,6 +177,7 @@ class TopEntropy(Weighting):
     """
 
     needs_tau = True
+    own_threshold = True
 
     def __init__(self, rho: float = 0.2) -> None:
         self.rho = _check_real("rho", rho, 0.0, 1.0, lo_open=True)

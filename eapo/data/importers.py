@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eapo.core.registry import Registry
 from eapo.data.records import DataError, PromptRecord, dump_meta, make_id, normalize_prompt
 
 __all__ = ["FIELD_NAMES", "IMPORTERS", "Importer", "read_records", "read_rows", "read_sources"]
@@ -257,38 +258,37 @@ class Importer:
     doc: str = field(default="", compare=False)
 
 
-IMPORTERS: dict[str, Importer] = {
-    "gsm8k": Importer(
-        None,
-        {"prompt": "question", "answer": "answer"},
-        answer=_gsm8k_answer,
-        doc="GSM8K: question, answer (final answer after '####', thousands commas removed)",
-    ),
-    "math500": Importer(
-        None,
-        {"prompt": "problem", "answer": "answer", "difficulty": "level", "family": "subject"},
-        answer=_plain_text,
-        difficulty=_math_level,
-        meta_columns=("unique_id",),
-        doc="MATH500: problem, answer (kept as given), level → 'level-N', subject → family, unique_id → meta",
-    ),
-    "aime24": Importer(
-        None,
-        {"prompt": "problem", "answer": "answer"},
-        answer=_plain_text,
-        meta_columns=("id", "url"),
-        doc="AIME 2024: problem, answer (kept as given, e.g. '025'); id, url → meta",
-    ),
-    "amc23": Importer(
-        None,
-        {"prompt": "problem", "answer": "answer"},
-        meta_columns=("id", "url"),
-        doc="AMC 2023: problem, answer (a float: 27.0 → '27'); id, url → meta",
-    ),
-    "jsonl": Importer("jsonl", {"prompt": "prompt", "answer": "answer"}, doc="generic JSON Lines"),
-    "parquet": Importer("parquet", {"prompt": "prompt", "answer": "answer"}, doc="generic Parquet"),
-    "csv": Importer("csv", {"prompt": "prompt", "answer": "answer"}, doc="generic CSV (header line)"),
-}
+IMPORTERS: Registry[Importer] = Registry("source kind")
+IMPORTERS.register("gsm8k")(Importer(
+    None,
+    {"prompt": "question", "answer": "answer"},
+    answer=_gsm8k_answer,
+    doc="GSM8K: question, answer (final answer after '####', thousands commas removed)",
+))
+IMPORTERS.register("math500")(Importer(
+    None,
+    {"prompt": "problem", "answer": "answer", "difficulty": "level", "family": "subject"},
+    answer=_plain_text,
+    difficulty=_math_level,
+    meta_columns=("unique_id",),
+    doc="MATH500: problem, answer (kept as given), level → 'level-N', subject → family, unique_id → meta",
+))
+IMPORTERS.register("aime24")(Importer(
+    None,
+    {"prompt": "problem", "answer": "answer"},
+    answer=_plain_text,
+    meta_columns=("id", "url"),
+    doc="AIME 2024: problem, answer (kept as given, e.g. '025'); id, url → meta",
+))
+IMPORTERS.register("amc23")(Importer(
+    None,
+    {"prompt": "problem", "answer": "answer"},
+    meta_columns=("id", "url"),
+    doc="AMC 2023: problem, answer (a float: 27.0 → '27'); id, url → meta",
+))
+IMPORTERS.register("jsonl")(Importer("jsonl", {"prompt": "prompt", "answer": "answer"}, doc="generic JSON Lines"))
+IMPORTERS.register("parquet")(Importer("parquet", {"prompt": "prompt", "answer": "answer"}, doc="generic Parquet"))
+IMPORTERS.register("csv")(Importer("csv", {"prompt": "prompt", "answer": "answer"}, doc="generic CSV (header line)"))
 
 
 def _is_missing(value: Any) -> bool:

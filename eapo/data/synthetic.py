@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from eapo.core.registry import Registry
 from eapo.data.records import DataError, PromptRecord, dump_meta, make_id, normalize_prompt
 
 __all__ = ["FAMILIES", "MAX_LEVEL", "MUL_DIGITS", "digit_range", "generate"]
@@ -91,13 +92,9 @@ def _compare(rng: np.random.Generator, level: int) -> tuple[str, str]:
     return f"Which is larger: {a} or {b}?", str(max(a, b))
 
 
-FAMILIES: dict[str, Family] = {
-    "add": _add,
-    "sub": _sub,
-    "mul": _mul,
-    "chain": _chain,
-    "compare": _compare,
-}
+FAMILIES: Registry[Family] = Registry("synthetic family")
+for _name, _fn in (("add", _add), ("sub", _sub), ("mul", _mul), ("chain", _chain), ("compare", _compare)):
+    FAMILIES.register(_name)(_fn)
 
 
 def _family_weights(families: Mapping[str, float] | Sequence[str]) -> dict[str, float]:

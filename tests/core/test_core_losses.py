@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from eapo.core.losses import AGGREGATIONS, aggregate, k3_kl, policy_loss, policy_loss_terms
+from eapo.core.losses import AGGREGATIONS, Aggregation, aggregate, k3_kl, policy_loss, policy_loss_terms
 
 
 def _ref_token_loss(lp, old, adv, lo, hi):
@@ -263,3 +263,20 @@ def test_policy_loss_registry_validates():
         build_policy_loss("clip_cov", clip_cov_lb=5.0, clip_cov_ub=1.0)
     with pytest.raises(ValueError, match="kl_coef > 0 needs ref_logp"):
         build_policy_loss("kl_cov")(*_cov_example(), kl_coef=0.1)
+
+
+@pytest.mark.parametrize("name", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_aggregation_totals_over_micro_batches_give_the_batch_mean(name):
+    """What the trainer's gradient accumulation relies on: Σ over micro-batches of ``total`` / the whole batch's
+    unit count (``count_lengths``) equals the aggregation of the whole batch."""
+    agg = AGGREGATIONS[name]
+    assert isinstance(agg, Aggregation)
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    lengths = [6, 0, 3, 1, 4]  # an empty response counts as no token and no sequence
+    mask = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
+    whole = agg(values, mask, 8)
+    parts = [slice(0, 2), slice(2, 5)]
+    split = sum(agg.total(values[p], mask[p], 8) for p in parts) / agg.count_lengths(lengths)
+    assert float(split) == pytest.approx(float(whole), rel=1e-12)
+    assert agg.count_lengths(lengths) == float(agg.count(mask)) == (14.0 if agg.unit == "token" else 4.0)

@@ -125,3 +125,11 @@ def test_quadrant_stats_empty_quadrants_are_nan_free():
     }
     assert stats["pos_high"]["grad_share"] == 0.0  # zero total mass → 0, not NaN
     json.dumps(stats, allow_nan=False)
+
+
+def test_the_quadrant_names_have_one_owner():
+    from eapo import contracts, report
+    from eapo.core import quadrants
+
+    assert contracts.QUADRANTS is quadrants.QUADRANTS and report.QUADRANTS is quadrants.QUADRANTS
+    assert contracts.QUADRANT_LABELS == (*quadrants.QUADRANTS, quadrants.NONE_NAME)

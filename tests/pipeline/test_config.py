@@ -118,6 +118,10 @@ def test_registry_errors_list_the_registered_names():
     with pytest.raises(ConfigError) as err:
         params_from_dict(with_change("train.agg", "nope"))
     assert all(name in str(err.value) for name in AGGREGATIONS)
+    for section in ("train", "rollout"):
+        with pytest.raises(ConfigError) as err:
+            params_from_dict(with_change(f"{section}.backend", "vllm"))
+        assert str(err.value) == f"{section}.backend: unknown sampler backend 'vllm'; known: fast, generate"
 
 
 def test_a_newly_registered_name_is_accepted():
@@ -131,6 +135,19 @@ def test_a_newly_registered_name_is_accepted():
         assert params_from_dict(with_change("train.advantage", "test_only_adv")).train.advantage == "test_only_adv"
     finally:
         del ADVANTAGES["test_only_adv"]
+
+
+def test_a_newly_registered_sampler_backend_is_accepted():
+    from eapo.sampler import BACKENDS
+
+    @BACKENDS.register("test_only_backend")
+    def _runner(model, rows, **kw):
+        raise AssertionError("not called: loading params only checks the name")
+
+    try:
+        assert params_from_dict(with_change("train.backend", "test_only_backend")).train.backend == "test_only_backend"
+    finally:
+        BACKENDS.unregister("test_only_backend")
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "auto"])
