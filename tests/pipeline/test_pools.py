@@ -1,0 +1,191 @@
+"""The study across machines: `eapo deploy --pool`, two process workers in their own checkouts, a local directory as the
+DVC remote; and the parent's pure helpers (stale pairs, stage names, failure report)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.pools import (
+    MATRIX_STAGES,
+    dvc_stage_names,
+    failure_report,
+    output_tail,
+    stage_address,
+    stale_pairs,
+)
+from tests.conftest import ROOT, copy_project, dvc, stage_env, write_tiny_params
+from tests.pipeline.test_pipeline_server import prefect_server  # noqa: F401  (fixture)
+
+
+def test_stage_address_names_dvc_matrix_stages():
+    assert stage_address("train", "grpo", 0) == "train@grpo-0"
+    assert stage_address("evaluate", "eapo", 2) == "evaluate@eapo-2"
+    assert stage_address("report") == "report"
+    with pytest.raises(ValueError, match="variant and seed"):
+        stage_address("train", "grpo")
+    with pytest.raises(ValueError, match="takes no variant"):
+        stage_address("report", "grpo", 0)
+
+
+def test_deployable_stages_are_dvc_yaml_stage_definitions():
+    names = dvc_stage_names(ROOT)
+    assert set(MATRIX_STAGES) <= set(names) and {"prepare", "report", "evaluate_base"} <= set(names)
+    assert not any("@" in n for n in names)
+
+
+def test_stale_pairs_follow_dvc_status():
+    pairs = [("grpo", 0), ("grpo", 1), ("eapo", 0), ("eapo", 1)]
+    status = {"train@grpo-1": [{"changed deps": {}}], "evaluate@eapo-0": [{"changed outs": {}}],
+              "evaluate_base": [], "train@top20-0": []}
+    assert stale_pairs(status, pairs) == [("grpo", 1), ("eapo", 0)]
+    assert stale_pairs({}, pairs) == []
+
+
+def test_failure_report_names_each_child_and_its_error():
+    text = failure_report([("evaluate@grpo-1", "FAILED: dvc repro failed"), ("evaluate@eapo-0", "CRASHED: oom")], 3,
+                          "gpus")
+    lines = text.splitlines()
+    assert lines[0] == "2 of 3 stage runs on pool 'gpus' failed:"
+    assert lines[1:] == ["  evaluate@grpo-1: FAILED: dvc repro failed", "  evaluate@eapo-0: CRASHED: oom"]
+    assert output_tail("\n".join(str(i) for i in range(100)), 3) == "97\n98\n99"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Two workers against a real server
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _start_worker(checkout: Path, pool: str, name: str, api_url: str, log_path: Path) -> subprocess.Popen:
+    env = {**stage_env(api_url), "PYTHONPATH": str(checkout), "PREFECT_WORKER_QUERY_SECONDS": "2",
+           "PREFECT_HOME": str(checkout.parent / f"prefect-home-{name}")}
+    return subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1",
+                             "--name", name], cwd=checkout, env=env, stdout=open(log_path, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _results(project: Path) -> dict[str, str]:
+    """The report's summary and every model's metrics: their data hashes (from the lineage sidecar where the file has
+    one here) and their bytes."""
+    files = [project / "data/report/summary.json", *sorted((project / "data/metrics").rglob("*.json"))]
+    out = {}
+    for f in files:
+        if f.name.endswith(".lineage.json"):
+            continue
+        out[str(f.relative_to(project))] = f.read_text()
+    sidecar = project / "data/report/summary.json.lineage.json"
+    out["summary data_sha256"] = json.loads(sidecar.read_text())["data_sha256"]
+    return out
+
+
+def _flow_runs(api_url: str):
+    async def query():
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            async with get_client() as client:
+                flows = {f.id: f.name for f in await client.read_flows()}
+                runs = await client.read_flow_runs()
+                tasks = {t.id: t for t in await client.read_task_runs()}
+                return flows, runs, tasks
+
+    return asyncio.run(query())
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_study_through_a_dvc_remote(prefect_server, tmp_path):  # noqa: F811
+    api = prefect_server
+    study = {"study.variants": ["grpo", "eapo"], "study.seeds": [0], "train.steps": 1}
+    parent = copy_project(tmp_path / "parent")
+    write_tiny_params(parent, **study)
+    remote = tmp_path / "dvc-remote"
+    remote.mkdir()
+    assert dvc(parent, "remote", "add", "-d", "store", str(remote)).returncode == 0
+    _git(parent, "add", "-A")
+    _git(parent, "commit", "-qm", "tiny study with a DVC remote")
+    checkouts = {}
+    for name in ("w1", "w2", "sequential"):
+        _git(tmp_path, "clone", "-q", str(parent), name)
+        checkouts[name] = tmp_path / name
+
+    # The reference: the same commit, one `dvc repro` (run meanwhile; its checkout has no remote in use).
+    sequential = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=checkouts["sequential"],
+                                  env=stage_env(api), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**stage_env(api), "PYTHONPATH": str(parent)}
+    deploy = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--pool", "tiny"], cwd=parent, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    assert "deployed dvc-stage/train on pool tiny" in deploy.stdout
+    assert "deployed dvc-stage/evaluate on pool tiny" in deploy.stdout
+
+    workers = [_start_worker(checkouts[n], "tiny", n, api, tmp_path / f"{n}.log") for n in ("w1", "w2")]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--pool", "tiny"], cwd=parent, env=env,
+                              capture_output=True, text=True, timeout=1500)
+        logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace")[-3000:] for n in ("w1", "w2")}
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + json.dumps(logs, indent=1)
+
+        # Both workers took a run: each checkout holds the outputs of exactly the pair it ran.
+        ran = {n: sorted(p.parent.parent.name for p in (checkouts[n] / "data/train").glob("*/seed0/model"))
+               for n in ("w1", "w2")}
+        assert sorted(ran["w1"] + ran["w2"]) == ["eapo", "grpo"], ran
+
+        # One parent in the UI, its two children linked to it, all completed.
+        flows, runs, tasks = _flow_runs(api)
+        parent_run = next(r for r in runs if flows[r.flow_id] == "pipeline")
+        children = [r for r in runs if flows[r.flow_id] == "dvc-stage"]
+        assert sorted(c.name for c in children) == ["evaluate@eapo-0", "evaluate@grpo-0"]
+        assert all(c.state_type.value == "COMPLETED" for c in children)
+        assert all(tasks[c.parent_task_run_id].flow_run_id == parent_run.id for c in children)
+        assert not any(flows[r.flow_id] == "train" and f"pipeline-run:{parent_run.id}" in r.tags for r in runs), \
+            "the parent trained a variant itself"
+
+        assert sequential.wait(timeout=1500) == 0, sequential.stdout.read()[-4000:]
+        pooled, reference = _results(parent), _results(checkouts["sequential"])
+        assert set(pooled) == set(reference) and len(pooled) >= 5
+        assert pooled == reference
+
+        # A rerun: nothing is stale, so nothing is submitted and the report stands.
+        again = subprocess.run([sys.executable, "-m", "flows.pipeline", "--pool", "tiny"], cwd=parent, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        flows, runs, _ = _flow_runs(api)
+        assert sum(flows[r.flow_id] == "dvc-stage" for r in runs) == 2
+        assert _results(parent) == reference
+
+        # A child that fails fails the parent, naming it and its error: the parent moves to a commit the workers
+        # do not have, and asks for a new seed (two new stale pairs).
+        _git(parent, "commit", "-q", "--allow-empty", "-m", "a commit the workers lack")
+        failed = subprocess.run([sys.executable, "-m", "flows.pipeline", "--pool", "tiny", "--seeds", "0", "1"],
+                                cwd=parent, env=env, capture_output=True, text=True, timeout=900)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode != 0
+        assert "2 of 2 stage runs on pool 'tiny' failed" in out, out[-4000:]
+        for name in ("evaluate@grpo-1", "evaluate@eapo-1"):
+            assert f"  {name}: FAILED" in out and "check out the same commit on every worker" in out, out[-4000:]
+    finally:
+        for w in workers:
+            _stop(w)
+        if sequential.poll() is None:
+            sequential.kill()
