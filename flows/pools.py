@@ -129,7 +129,7 @@ def push_stages(repo, targets: list[str]) -> int:
 
     stages = [s for t in targets for s in repo.stage.collect(t, with_deps=True)]
     for stage in stages:  # an up-to-date stage whose outputs came from elsewhere has no entry yet: record it
-        if _can_hash(stage) and all(out.hash_info for out in stage.outs):
+        if _can_hash(stage) and all(out.hash_info for out in stage.outs) and not stage.changed():
             repo.stage_cache.save(stage)
     pushed = repo.push(targets=targets, with_deps=True, run_cache=True)
     keys = [_run_cache_keys(s) for s in stages if _can_hash(s)]
@@ -465,3 +465,25 @@ def run_study_on_pool(root: Path, pool: str, overrides: dict[str, Any], poll_s: 
     ran = repro_local(str(root), None)  # the rest (the report): everything else is up to date by now
     return {"stale": [f"{v}-{s}" for v, s in stale], "children": [c.name for c in children], "restored": restored,
             "ran_here": ran, "pool": pool}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.pools push STAGE...`: push stages run by hand (e.g. under `accelerate launch`, then
+    `dvc commit -f STAGE`) the way a worker does, so the pooled study restores them instead of running them again."""
+    import argparse
+
+    from dvc.repo import Repo
+
+    parser = argparse.ArgumentParser(prog="python -m flows.pools", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    push = sub.add_parser("push", help="push stages' outputs, run cache and run-cache objects to the DVC remote")
+    push.add_argument("stages", nargs="+", help="DVC stage names, e.g. train@eapo-0")
+    args = parser.parse_args(argv)
+    with Repo(".") as repo:
+        require_remote(repo)
+        print(f"pushed {push_stages(repo, args.stages)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
