@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,16 @@ def _run_cache_keys(stage) -> tuple[str, str]:
 def push_stages(repo, targets: list[str]) -> int:
     """Push the outputs of `targets` and their upstream stages, the run cache, and every object the targets' run-cache
     entries name. `dvc push --run-cache` sends the entries but not the objects of `cache: false` outputs (our metrics
-    JSON), which DVC's run cache holds too; without them another checkout cannot restore the stage."""
+    JSON), which DVC's run cache holds too; without them another checkout cannot restore the stage. Like DVC's own
+    commands, run it in the repository's root (stage names resolve against the working directory)."""
+    from dvc.repo import lock_repo
     from dvc.stage.cache import _can_hash
 
-    stages = [s for t in targets for s in repo.stage.collect(t, with_deps=True)]
-    for stage in stages:  # an up-to-date stage whose outputs came from elsewhere has no entry yet: record it
-        if _can_hash(stage) and all(out.hash_info for out in stage.outs) and not stage.changed():
-            repo.stage_cache.save(stage)
+    stages = list({s: None for t in targets for s in repo.stage.collect(t, with_deps=True)})
+    with lock_repo(repo):
+        for stage in stages:  # an up-to-date stage whose outputs came from elsewhere has no entry yet: record it
+            if _can_hash(stage) and all(out.hash_info for out in stage.outs) and not stage.changed():
+                repo.stage_cache.save(stage)
     pushed = repo.push(targets=targets, with_deps=True, run_cache=True)
     keys = [_run_cache_keys(s) for s in stages if _can_hash(s)]
     for odb, objs in repo.stage_cache.get_used_objs(keys).items():
@@ -145,7 +149,7 @@ def push_stages(repo, targets: list[str]) -> int:
 def restore_stage(repo, address: str) -> bool:
     """Bring a stage another checkout ran into this one from the run cache on the remote (its outputs pulled and
     checked out, its dvc.lock entry written). False if it was already up to date; RunCacheNotFoundError if the
-    remote has no entry for its current deps and params."""
+    remote has no entry for its current deps and params. Run it in the repository's root."""
     from dvc.repo import lock_repo
 
     (stage,) = repo.stage.collect(address)
@@ -391,6 +395,29 @@ def _wait(client, children: list[Child], poll_s: float, logger) -> list[tuple[Ch
     return done
 
 
+def settle(finished: list[tuple[Child, Any]], restore: Callable[[str], bool],
+           not_found: type[BaseException]) -> tuple[list[str], list[tuple[str, str]]]:
+    """After the children: restore every completed pair's stages here (train, then evaluate) with `restore(address)`
+    (True if it changed anything; `not_found` if the remote has no run-cache entry), even when others failed, so a
+    rerun finds them up to date. Returns (restored addresses, [(child name, error)] for the failed ones)."""
+    restored: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for child, state in finished:
+        if not state.is_completed():
+            failed.append((child.name, f"{state.type.value}: {state.message or 'no message'}"))
+            continue
+        for address in (stage_address(m, child.variant, child.seed) for m in MATRIX_STAGES):
+            try:
+                if restore(address):
+                    restored.append(address)
+            except not_found:
+                failed.append((child.name, f"{address} finished on its worker, but the DVC remote has no "
+                                           "run-cache entry for it (is the worker at the same commit, with the "
+                                           "same remote?)"))
+                break
+    return restored, failed
+
+
 def run_study_on_pool(root: Path, pool: str, overrides: dict[str, Any], poll_s: float = 5.0) -> dict:
     """The parent's side of a pooled study (see the module docstring). Call it inside a flow run: the children are
     linked to it as subflows."""
@@ -440,24 +467,10 @@ def run_study_on_pool(root: Path, pool: str, overrides: dict[str, Any], poll_s: 
     with get_client(sync_client=True) as client:
         finished = _wait(client, children, poll_s, logger)
 
-    failed: list[tuple[str, str]] = []
-    restored: list[str] = []
     with Repo(str(root)) as repo:
         if any(state.is_completed() for _, state in finished):
             repo.stage_cache.pull(None)
-        for child, state in finished:
-            if not state.is_completed():
-                failed.append((child.name, f"{state.type.value}: {state.message or 'no message'}"))
-                continue
-            for address in (stage_address(m, child.variant, child.seed) for m in MATRIX_STAGES):
-                try:
-                    if restore_stage(repo, address):
-                        restored.append(address)
-                except RunCacheNotFoundError:
-                    failed.append((child.name, f"{address} finished on its worker, but the DVC remote has no "
-                                               "run-cache entry for it (is the worker at the same commit, with the "
-                                               "same remote?)"))
-                    break
+        restored, failed = settle(finished, lambda address: restore_stage(repo, address), RunCacheNotFoundError)
     if restored:
         logger.info("restored from the DVC remote: %s", ", ".join(restored))
     if failed:

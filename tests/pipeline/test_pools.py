@@ -15,9 +15,13 @@ import pytest
 
 from flows.pools import (
     MATRIX_STAGES,
+    Child,
     dvc_stage_names,
     failure_report,
     output_tail,
+    push_stages,
+    restore_stage,
+    settle,
     stage_address,
     stale_pairs,
 )
@@ -56,6 +60,99 @@ def test_failure_report_names_each_child_and_its_error():
     assert lines[0] == "2 of 3 stage runs on pool 'gpus' failed:"
     assert lines[1:] == ["  evaluate@grpo-1: FAILED: dvc repro failed", "  evaluate@eapo-0: CRASHED: oom"]
     assert output_tail("\n".join(str(i) for i in range(100)), 3) == "97\n98\n99"
+
+
+def test_settle_restores_the_finished_pairs_even_when_another_failed():
+    """A rerun resubmits only what is still stale: the pairs that finished are restored before the parent fails."""
+    from prefect.states import Completed, Crashed, Failed
+
+    class NotFound(Exception):
+        pass
+
+    calls = []
+
+    def restore(address):
+        calls.append(address)
+        if address == "evaluate@top20-0":
+            raise NotFound(address)
+        return address != "train@eapo-0"  # already up to date here
+
+    finished = [(Child("grpo", 0, "evaluate@grpo-0", 1), Failed(message="StageRunFailed: dvc repro failed")),
+                (Child("eapo", 0, "evaluate@eapo-0", 2), Completed()),
+                (Child("top20", 0, "evaluate@top20-0", 3), Completed()),
+                (Child("eapo", 1, "evaluate@eapo-1", 4), Crashed(message="worker killed"))]
+    restored, failed = settle(finished, restore, NotFound)
+    assert calls == ["train@eapo-0", "evaluate@eapo-0", "train@top20-0", "evaluate@top20-0"]
+    assert restored == ["evaluate@eapo-0", "train@top20-0"]
+    assert [name for name, _ in failed] == ["evaluate@grpo-0", "evaluate@top20-0", "evaluate@eapo-1"]
+    assert failed[0][1] == "FAILED: StageRunFailed: dvc repro failed"
+    assert "no run-cache entry" in failed[1][1] and failed[2][1] == "CRASHED: worker killed"
+
+
+TOY_DVC_YAML = """stages:
+  up:
+    cmd: cp src.txt up.txt
+    deps: [src.txt]
+    outs: [up.txt]
+  down:
+    cmd: cat up.txt up.txt > down.txt && (cat up.txt; echo metric) > m.json
+    deps: [up.txt]
+    outs: [down.txt]
+    metrics:
+      - m.json:
+          cache: false
+"""
+
+
+def _toy_checkouts(tmp_path):
+    """Two checkouts of one DVC project (a stage with a `cache: false` metric, as ours have) and a local remote."""
+    from dvc.repo import Repo
+
+    a, remote = tmp_path / "a", tmp_path / "remote"
+    a.mkdir()
+    remote.mkdir()
+    _git(a, "init", "-q")
+    with Repo.init(str(a)) as repo, repo.config.edit() as conf:  # = dvc init; dvc remote add -d store REMOTE
+        conf["remote"]["store"] = {"url": str(remote)}
+        conf["core"]["remote"] = "store"
+    (a / "dvc.yaml").write_text(TOY_DVC_YAML)
+    (a / "src.txt").write_text("v1\n")
+    (a / ".gitignore").write_text("up.txt\ndown.txt\n")
+    _git(a, "add", "-A")
+    _git(a, "commit", "-qm", "toy")
+    _git(tmp_path, "clone", "-q", str(a), "b")
+    return a, tmp_path / "b"
+
+
+def test_a_stage_run_in_one_checkout_is_restored_in_another(tmp_path, monkeypatch):
+    """What a worker pushes is what the parent needs to restore the stage, its git-held metric included. DVC's own
+    `push --run-cache` leaves that metric's object behind, so the parent cannot restore the stage from it alone."""
+    from dvc.repo import Repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    parent, worker = _toy_checkouts(tmp_path)
+    monkeypatch.chdir(worker)  # DVC resolves stage names against the working directory
+    with Repo(str(worker)) as repo:
+        repo.reproduce(targets=["down"])
+        repo.push(targets=["down"], with_deps=True, run_cache=True)
+    monkeypatch.chdir(parent)
+    with Repo(str(parent)) as repo:
+        repo.stage_cache.pull(None)
+        assert restore_stage(repo, "up") is True
+        with pytest.raises(RunCacheNotFoundError):
+            restore_stage(repo, "down")
+
+    monkeypatch.chdir(worker)
+    with Repo(str(worker)) as repo:
+        assert push_stages(repo, ["down"]) >= 1  # the metric's object
+    monkeypatch.chdir(parent)
+    with Repo(str(parent)) as repo:
+        repo.stage_cache.pull(None)
+        assert restore_stage(repo, "down") is True
+        assert restore_stage(repo, "down") is False  # now up to date here
+        assert repo.status() == {}
+    assert (parent / "m.json").read_text() == "v1\nmetric\n" and (parent / "down.txt").read_text() == "v1\nv1\n"
+    assert "down:" in (parent / "dvc.lock").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
