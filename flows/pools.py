@@ -98,6 +98,15 @@ def git_head(root: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def uncommitted(root: Path, ignore: tuple[str, ...] = ("params.yaml", "dvc.lock", "data/")) -> list[str]:
+    """Tracked files changed since the last commit, besides those a study run changes itself: workers check out the
+    commit, so these changes would not reach them."""
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                          text=True)
+    paths = [line[3:].strip() for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
+    return [p for p in paths if not p.startswith(ignore)]
+
+
 def tool_env() -> dict[str, str]:
     """The environment for DVC and its stage commands: this interpreter's bin first on PATH, so a stage's `python`
     is the one running this flow (as `make run` arranges for the project's venv)."""
@@ -453,6 +462,9 @@ def run_study_on_pool(root: Path, pool: str, overrides: dict[str, Any], poll_s: 
 
     params_yaml = params_path.read_text()
     commit = git_head(root)
+    if changed := uncommitted(root):
+        logger.warning("uncommitted changes the workers will not have (they run commit %s): %s", str(commit)[:12],
+                       ", ".join(changed))
     children = []
     for variant, seed in stale:
         name = stage_address(FAN_OUT_STAGE, variant, seed)

@@ -24,6 +24,7 @@ from flows.pools import (
     settle,
     stage_address,
     stale_pairs,
+    uncommitted,
 )
 from tests.conftest import ROOT, copy_project, dvc, stage_env, write_tiny_params
 from tests.pipeline.test_pipeline_server import prefect_server  # noqa: F401  (fixture)
@@ -87,6 +88,20 @@ def test_settle_restores_the_finished_pairs_even_when_another_failed():
     assert [name for name, _ in failed] == ["evaluate@grpo-0", "evaluate@top20-0", "evaluate@eapo-1"]
     assert failed[0][1] == "FAILED: StageRunFailed: dvc repro failed"
     assert "no run-cache entry" in failed[1][1] and failed[2][1] == "CRASHED: worker killed"
+
+
+def test_uncommitted_lists_changes_the_workers_would_miss(tmp_path):
+    _git(tmp_path, "init", "-q")
+    for name in ("params.yaml", "dvc.lock", "code.py", "data/x.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "c")
+    assert uncommitted(tmp_path) == []
+    for name in ("params.yaml", "dvc.lock", "code.py", "data/x.json"):
+        (tmp_path / name).write_text("b\n")
+    (tmp_path / "new.py").write_text("untracked\n")
+    assert uncommitted(tmp_path) == ["code.py"]
 
 
 TOY_DVC_YAML = """stages:
