@@ -1,4 +1,7 @@
-"""The `eapo` command: inspect artifacts (validate, lineage) and serve the pipeline as a Prefect deployment."""
+"""Inspect artifacts: `python -m eapo.cli validate|lineage|contracts`.
+
+The `eapo` console script is `flows.cli:app`: these commands plus the ones that compose flows (`serve`, `deploy`).
+They live in `flows/`, since the library must not import the flows (eapo/__init__.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Entropy-aware RLVR pipeline: inspect artifacts and serve the pipeline.")
+                  help="Entropy-aware RLVR pipeline: inspect artifacts.")
 
 
 def _reason(exc: BaseException) -> str:
@@ -112,18 +115,6 @@ def contracts():
         typer.echo("  columns: " + ", ".join(f"{f.name}:{f.type}" for f in c.schema))
         for e in c.expectations:
             typer.echo(f"  - {e.type} {json.dumps(e.kwargs)}")
-
-
-@app.command()
-def serve(cron: str = typer.Option(None, help='Schedule, e.g. "0 2 * * *"; without it the deployment runs on demand.'),
-          name: str = typer.Option("eapo-study", help="Deployment name."),
-          project_dir: Path = typer.Option(Path("."), help="The DVC project to reproduce.")):
-    """Serve the whole-pipeline flow as a Prefect deployment (trigger or schedule it from the UI).
-
-    Start a server first (`make server` or `prefect server start`) and point PREFECT_API_URL at it."""
-    from flows.pipeline import serve as serve_pipeline
-
-    serve_pipeline(cron=cron, name=name, project_dir=str(project_dir))
 
 
 if __name__ == "__main__":

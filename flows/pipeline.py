@@ -110,8 +110,13 @@ def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, f
 @flow(name="pipeline", description="Reproduce the whole EAPO study through DVC (cache-aware).")
 def pipeline_flow(variants: list[str] | None = None, seed: int | None = None,
                   overrides: dict[str, Any] | None = None, targets: list[str] | None = None,
-                  force: bool = False, project_dir: str = ".", seeds: list[int] | None = None) -> dict:
+                  force: bool = False, project_dir: str = ".", seeds: list[int] | None = None,
+                  pool: str | None = None) -> dict:
+    """`pool`: run the stale (variant, seed) stages on this Prefect work pool (flows/pools.py); `targets` and `force`
+    do not apply then."""
     root = Path(project_dir).resolve()
+    if pool and (targets or force):
+        raise ValueError("--pool fans out the stale (variant, seed) stages: --targets and --force do not apply to it")
     sets = study_overrides(variants, seed, overrides, seeds)
     _check(root / "params.yaml", sets)
     run_id = flow_run.get_id()
@@ -120,7 +125,12 @@ def pipeline_flow(variants: list[str] | None = None, seed: int | None = None,
     cwd = os.getcwd()
     try:
         os.chdir(root)
-        result = dvc_repro(str(root), sets, targets, force)
+        if pool:
+            from flows.pools import run_study_on_pool
+
+            result = run_study_on_pool(root, pool, sets)
+        else:
+            result = dvc_repro(str(root), sets, targets, force)
     finally:
         os.chdir(cwd)
         if previous is None:
@@ -149,10 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--targets", nargs="+", help="DVC stages to reproduce (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun even if DVC thinks nothing changed")
+    parser.add_argument("--pool", help="run the stale (variant, seed) stages on this Prefect work pool's workers "
+                                       "(after `eapo deploy --pool NAME`), sharing artifacts through the DVC remote")
     args = parser.parse_args(argv)
     overrides = {**(load_profile(args.profile) if args.profile else {}), **parse_overrides(args.overrides)}
     return pipeline_flow(variants=args.variants, seed=args.seed, overrides=overrides, targets=args.targets,
-                         force=args.force, seeds=args.seeds)
+                         force=args.force, seeds=args.seeds, pool=args.pool)
 
 
 if __name__ == "__main__":

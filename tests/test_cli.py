@@ -80,3 +80,51 @@ def test_lineage_with_a_damaged_input_or_sidecar_is_one_line(tmp_path):
     (tmp_path / "metric.json.lineage.json").write_text("{not json")
     line = _one_line(result := CliRunner().invoke(app, ["lineage", str(metric)]))
     assert result.exit_code == 1 and line.startswith(f"{metric}: cannot read its lineage"), line
+
+
+def _imported_modules(path):
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def test_the_library_imports_neither_flows_nor_tasks():
+    """eapo/__init__.py's layering: the library knows nothing of the flows and tasks that compose it (the CLI that
+    serves and deploys flows lives in flows/cli.py)."""
+    from tests.conftest import ROOT
+
+    offenders = sorted(f"{path.relative_to(ROOT)}: {name}" for path in (ROOT / "eapo").rglob("*.py")
+                       for name in _imported_modules(path) if name.split(".")[0] in ("flows", "tasks"))
+    assert offenders == []
+
+
+def test_the_eapo_script_is_the_flows_cli_with_the_inspection_commands():
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["eapo"] == "flows.cli:app"
+    from flows.cli import app as full
+
+    def names(a):
+        return {c.name or c.callback.__name__ for c in a.registered_commands}
+
+    assert names(app) == {"validate", "lineage", "contracts"}
+    assert names(full) == {"validate", "lineage", "contracts", "serve", "deploy"}
+    result = CliRunner().invoke(full, ["contracts"])
+    assert result.exit_code == 0 and "rollouts" in result.stdout
+
+
+def test_deploy_rejects_an_unknown_stage_before_touching_prefect(tmp_path):
+    from flows.cli import app as full
+    from tests.conftest import ROOT
+
+    result = CliRunner().invoke(full, ["deploy", "--pool", "p", "--stage", "nope", "--project-dir", str(ROOT)])
+    assert result.exit_code == 2
+    assert "unknown stage(s) nope; dvc.yaml defines prepare" in result.stderr

@@ -93,7 +93,7 @@ def test_eapo_serve_registers_a_scheduled_deployment(prefect_server, tmp_path):
     from tests.conftest import ROOT
 
     env = stage_env(prefect_server)
-    proc = subprocess.Popen([sys.executable, "-m", "eapo.cli", "serve", "--cron", "0 2 * * *", "--name", "t-study"],
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--cron", "0 2 * * *", "--name", "t-study"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
