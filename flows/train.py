@@ -33,8 +33,8 @@ def check_variant(params: Params, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None):
     return run_stage(train_flow, argv, check=check_variant,
                      variant=lambda p: p.add_argument("--variant", required=True, help="a key of variants"),
-                     seed=lambda p: p.add_argument(
-                         "--seed", type=int, default=0, help="study replicate (trainer seed = train.seed + SEED); default 0"))
+                     seed=lambda p: p.add_argument("--seed", type=int, default=0,
+                                                   help="study replicate (trainer seed = train.seed + SEED)"))
 
 
 if __name__ == "__main__":
