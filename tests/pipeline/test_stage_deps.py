@@ -70,3 +70,22 @@ def test_code_hash_ignores_comments_but_not_code(tmp_path):
     assert code_hash("s", tmp_path) == first
     (tmp_path / "eapo/m.py").write_text("x = 2\n")
     assert code_hash("s", tmp_path)["sha256"] != first["sha256"]
+
+
+# The params a stage records in its lineage are the params dvc.yaml invalidates it on: dvc.yaml owns the list, and the
+# tasks' copies (PARAMS_KEYS, tasks.train.params_keys) are held equal to it here, so neither can drift alone.
+def _task_params(name: str) -> list[str]:
+    import importlib
+
+    if name == "train":
+        from tasks.train import params_keys
+
+        return list(params_keys("${item.variant}"))
+    module = importlib.import_module(f"tasks.{'evaluate' if name.startswith('evaluate') else name}")
+    return list(module.PARAMS_KEYS)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_lineage_params_are_the_params_dvc_yaml_lists(name):
+    assert _task_params(name) == STAGES[name]["params"], (
+        f"dvc.yaml stage {name!r} lists params {STAGES[name]['params']} but its task records {_task_params(name)}")
