@@ -773,6 +773,7 @@ class RewardScorer:
         self._holder: list[Any] = []  # the pool, once started (a list so that the finalizer can see it)
         self._cache: OrderedDict[tuple, tuple[float, str | None, str, str | None]] = OrderedDict()
         self._lock = threading.RLock()
+        self._ready: Any = None  # the pool whose workers were last seen started (see _ready_pool)
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_pool, self._holder)
 
@@ -814,9 +815,7 @@ class RewardScorer:
         otherwise the pool starts on the first batch). Returns ``self``."""
         with self._lock:
             deadline = time.monotonic() + self.startup_timeout_s
-            pool = self._pool()
-            futures = [pool.schedule(_ping) for _ in range(self.workers)]
-            concurrent.futures.wait(futures, timeout=self.startup_timeout_s)
+            self._ready_pool()
             while len(self.worker_pids) < self.workers and time.monotonic() < deadline:
                 time.sleep(0.02)  # pebble replaces dead workers in the background
             return self
@@ -914,6 +913,18 @@ class RewardScorer:
             note = "invalid_utf8"
         return text, cut, note
 
+    def _ready_pool(self) -> Any:
+        """The pool, with its workers started and math-verify imported. A fresh pool's workers may take many seconds
+        to start on a loaded machine; that is start-up, not grading, so it must finish before the stall window of
+        :meth:`_run` opens (otherwise start-up reads as a wedged pool and correct answers come back as
+        ``worker_crashed``). Waits at most ``startup_timeout_s``, once per pool."""
+        pool = self._pool()
+        if pool is not self._ready:
+            concurrent.futures.wait([pool.schedule(_ping) for _ in range(self.workers)],
+                                    timeout=self.startup_timeout_s)
+            self._ready = pool
+        return pool
+
     def _restart_pool(self) -> Any:
         """Stop the pool (killing its workers) and start a fresh one."""
         _stop_pool(self._holder)
@@ -950,6 +961,7 @@ class RewardScorer:
                 logger.warning("reward item %d: %s; retrying it once", first_index[j], why)
                 pending[j] = submit(j)
 
+        self._ready_pool()
         pending = {j: submit(j) for j in range(len(keys))}
         last_progress = time.monotonic()
         while pending:
@@ -981,6 +993,7 @@ class RewardScorer:
                               or not self._holder[0].active):
                 logger.error("reward pool stalled or broke with %d items unfinished; replacing it", len(pending))
                 self._restart_pool()
+                self._ready_pool()
                 for j in list(pending):
                     retry_or_crash(j, "the pool was replaced")
                 last_progress = time.monotonic()
