@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(shell pip config get global.find-links 2>/dev/null)
 UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 # `make test` runs everything, the slow tests too (real SmolLM2, a real Prefect server running the whole pipeline):
-# 12.8 min on a fresh clone here, install included (2026-11-30). `make test-fast` skips the slow ones (~7 min).
+# 27 min on a fresh clone here, install included (2026-11-30; the work-pool, pipeline and queue tests ~16 of it). `make test-fast` skips the slow ones (~7 min).
 # pytest exits 5 when no test ran, which fails the target.
 PYTEST_ARGS ?=
 
