@@ -62,8 +62,8 @@ def test_batch_with_ten_percent_hanging_items_finishes_within_the_timeout_budget
 def test_a_slow_pool_start_is_not_a_stall(monkeypatch):
     """Under heavy load the workers of a fresh pool took longer to start (import math-verify and sympy) than the stall
     window (timeout_s + STALL_GRACE_S without a finished item): the pool was replaced twice and correct answers were
-    scored 0 as `worker_crashed`, so 3 of the replicated study's GRPO and top20 runs trained on no signal at all. Spawned
-    workers (a fresh interpreter each, seconds to import) against a 0.3 s window make the same race here."""
+    scored 0 as `worker_crashed`, so 5 of the replicated study's GRPO and top20 runs trained on no signal at all.
+    Spawned workers (a fresh interpreter each, seconds to import) against a 0.3 s window make the same race here."""
     import eapo.reward as reward
 
     monkeypatch.setattr(reward, "STALL_GRACE_S", 0.1)
