@@ -926,9 +926,9 @@ class RewardScorer:
         return pool
 
     def _restart_pool(self) -> Any:
-        """Stop the pool (killing its workers) and start a fresh one."""
+        """Stop the pool (killing its workers) and start a fresh one, its workers up (see :meth:`_ready_pool`)."""
         _stop_pool(self._holder)
-        return self._pool()
+        return self._ready_pool()
 
     def _run(self, keys: list[tuple], first_index: list[int], golds: Sequence[Any]) -> list[tuple]:
         """Grade each ``(text, gold, ended, cut)`` key on the pool, each under ``timeout_s``; an item whose worker
@@ -993,7 +993,6 @@ class RewardScorer:
                               or not self._holder[0].active):
                 logger.error("reward pool stalled or broke with %d items unfinished; replacing it", len(pending))
                 self._restart_pool()
-                self._ready_pool()
                 for j in list(pending):
                     retry_or_crash(j, "the pool was replaced")
                 last_progress = time.monotonic()

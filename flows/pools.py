@@ -442,8 +442,9 @@ def run_study_on_pool(root: Path, pool: str, overrides: dict[str, Any], poll_s: 
     logger = get_run_logger()
     params_path = root / "params.yaml"
     if overrides:  # DVC's own -S machinery, as `dvc exp run -S` applies it to the workspace
-        apply_overrides(params_path, dvc_set_args(overrides))
-        logger.info("params.yaml: applied %s", " ".join(f"-S {s}" for s in dvc_set_args(overrides)))
+        sets = dvc_set_args(overrides)
+        apply_overrides(params_path, sets)
+        logger.info("params.yaml: applied %s", " ".join(f"-S {s}" for s in sets))
     params = load_params(params_path)
     pairs = [(v, s) for v in params.study.variants for s in params.study.seeds]
     matrix = [stage_address(m, v, s) for v, s in pairs for m in MATRIX_STAGES]
