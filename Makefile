@@ -7,10 +7,12 @@ PY := $(VENV)/bin/python
 # pip on this machine finds the CPU torch wheel through its configured find-links; uv is told the same folder.
 FIND_LINKS := $(shell pip config get global.find-links 2>/dev/null)
 UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
-# `make test` runs everything, the slow tests too (real SmolLM2, a real Prefect server running the whole pipeline):
-# 27 min on a fresh clone here, install included (2026-11-30; the work-pool, pipeline and queue tests ~16 of it). `make test-fast` skips the slow ones (~7 min).
-# pytest exits 5 when no test ran, which fails the target.
-PYTEST_ARGS ?=
+# `make test` runs everything, the slow tests too (real SmolLM2, a real Prefect server running the whole pipeline),
+# in parallel over one worker per core, at most 4 (pytest-xdist; every test has its own project copy and Prefect API,
+# and the long ones start first: tests/conftest.py). `make test-fast` skips the slow ones. README "Tests" has the times.
+# pytest exits 5 when no test ran, which fails the target (xdist keeps that exit code).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist worksteal
 
 export DO_NOT_TRACK=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -42,7 +44,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 # Benchmarks print ratios against baselines measured in the same run; TRL is installed for them only.
 bench: install

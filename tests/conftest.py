@@ -16,6 +16,38 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT.parent / "shared" / "data" / "benchmarks"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n N --dist worksteal`), lay the tests out so that the long ones start
+    first and are spread over the workers. worksteal hands worker k the k-th contiguous block of the collection (then
+    balances by stealing from the tails), so block k gets the long tests (``@pytest.mark.minutes(m)``) that a greedy
+    longest-first assignment gives it, then its share of the rest, in collection order."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers < 2:
+        return
+
+    def minutes(item) -> float:
+        mark = item.get_closest_marker("minutes")
+        return float(mark.args[0]) if mark else 0.0
+
+    long_first = sorted((i for i in items if minutes(i)), key=minutes, reverse=True)
+    rest = [i for i in items if not minutes(i)]
+    blocks: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for item in long_first:
+        k = min(range(workers), key=load.__getitem__)
+        blocks[k].append(item)
+        load[k] += minutes(item)
+    left = len(items)
+    for k, block in enumerate(blocks):  # worksteal's split: node k gets left // (nodes remaining)
+        size = left // (workers - k)
+        take = max(size - len(block), 0)
+        block += rest[:take]
+        rest = rest[take:]
+        left -= len(block)
+    blocks[-1] += rest
+    items[:] = [i for block in blocks for i in block]
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One Prefect API for the whole session: in-process flows use it through the harness's settings, and

@@ -9,6 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from eapo.config import load_params
 from tests.conftest import copy_project, dvc, write_tiny_params
 
@@ -23,6 +25,7 @@ def _ok(proc):
     return proc.stdout
 
 
+@pytest.mark.minutes(1.2)
 def test_two_experiments_compare_through_dvc_exp_show(prefect_api, tmp_path):
     project = copy_project(tmp_path / "proj")
     write_tiny_params(project)

@@ -52,6 +52,7 @@ def prefect_server(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.minutes(5)
 def test_pipeline_flow_against_a_real_server(prefect_server, tmp_path):
     project = copy_project(tmp_path / "proj")
     write_tiny_params(project)

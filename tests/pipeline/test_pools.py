@@ -226,6 +226,7 @@ def _flow_runs(api_url: str):
 
 
 @pytest.mark.slow
+@pytest.mark.minutes(8)
 def test_two_workers_share_the_study_through_a_dvc_remote(prefect_server, tmp_path):  # noqa: F811
     api = prefect_server
     study = {"study.variants": ["grpo", "eapo"], "study.seeds": [0], "train.steps": 1}

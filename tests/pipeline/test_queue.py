@@ -174,6 +174,7 @@ def _project_cache(project: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.minutes(2)
 def test_two_queued_seeds_run_in_parallel_and_fill_the_matrix(prefect_api, tmp_path):
     project = copy_project(tmp_path / "proj")
     cache = _project_cache(project)

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from eapo.contracts import read_artifact
@@ -10,6 +11,7 @@ from eapo.lineage import lineage_tree
 from tests.conftest import copy_project, dvc, stage_env, write_tiny_params
 
 
+@pytest.mark.minutes(1.5)
 def test_dvc_repro_one_variant_caches_and_invalidates_only_it(prefect_api, tmp_path):
     project = copy_project(tmp_path / "proj")
     write_tiny_params(project)
