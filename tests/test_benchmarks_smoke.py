@@ -60,6 +60,23 @@ def test_threading(out, tmp_path):
     assert all(len(v) == 1 and _positive(v[0]) for v in res["raw"].values())
 
 
+def test_memory(out, tmp_path):
+    res = _load("bench_memory").main([*out, "--reps", "1", "--prompts", "2", "--group", "2", "--prompt-tokens", "4",
+                                      "--response-tokens", "4", "--micro-batch", "2"])
+    assert [r["update"] for r in res["rows"]] == ["ours", "naive"]
+    assert res["batch"] == 4 and res["tokens"] == 8 and res["micro_batch_size"] == 2
+    assert all(r["peak_rss"] >= r["baseline_rss"] > 0 for v in res["raw"].values() for r in v)
+    assert res["floor_bytes"] > 0 and _positive(res["ours_over_naive"])
+
+
+def test_startup(out, tmp_path, prefect_api):
+    res = _load("bench_startup").main([*out, "--model", TINY, "--reps", "1", "--skip-imports", "--stages", "prepare",
+                                       "--api-url", prefect_api])
+    assert [r["what"] for r in res["rows"]] == ["python -c pass", "stage prepare (8 prompts)"]
+    assert all(len(v) == 1 and _positive(v[0]) for v in res["raw"].values())
+    assert res["rows"][1]["over bare interpreter s"] > 0
+
+
 def test_flops(out, tmp_path):
     res = _load("bench_flops").main([*out, "--mm", "64", "--mm-iters", "1", "--batch", "4", "--tokens", "2",
                                      "--seq", "8"])
