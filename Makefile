@@ -49,7 +49,7 @@ test-fast: install
 # Benchmarks print ratios against baselines measured in the same run; TRL is installed for them only.
 bench: install
 	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) -e '.[bench]' || $(PY) -m pip install -q -e '.[bench]'
-	for b in sampling annotation train_step orchestration flops threading; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+	for b in sampling annotation train_step orchestration flops threading memory startup; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 # Mutation testing on demand (pyproject [tool.mutmut]): one worker, mutants named by MUTATE_TARGETS (mutmut globs);
 # each mutant runs only the tests that reach its function. The default scope is ~2000 mutants; on the shared 2-core
