@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from eapo import plots
-from eapo.annotate import annotate_tokens, cmi_comparison, cmi_probe, flatten, quadrant_summary
+from eapo.annotate import annotate_rollouts, cmi_comparison, cmi_probe
 from eapo.config import Params
 from eapo.contracts import read_artifact, write_artifact
 from eapo.lineage import make_lineage, write_json_artifact
@@ -54,9 +54,8 @@ def _annotate(params: Params, staged: StageOutputs):
     cfg = params.annotate
     table, _ = read_artifact(params.paths.rollouts, "rollouts")
     cols = table.to_pydict()
-    flat, _ = flatten(cols, cfg.advantage)
-    tau, labels, grad = annotate_tokens(flat, cfg.rho, cfg.tau)
-    stats = quadrant_summary(flat, labels, grad)
+    tokens = annotate_rollouts(cols, cfg.advantage, cfg.rho, cfg.tau)
+    flat, tau, labels, grad, stats = tokens.flat, tokens.tau, tokens.labels, tokens.grad_norm, tokens.stats
 
     policy = load_base_policy(params)
     with RewardScorer.from_config(params.reward) as scorer:
