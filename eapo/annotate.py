@@ -12,16 +12,17 @@ import torch
 
 from eapo.core.advantages import get_advantage_fn
 from eapo.core.cmi import DEFAULT_ESTIMATOR, bootstrap_cmi, cmi_from_outcomes, stratified_mean_difference
-from eapo.core.entropy import logit_grad_norm
-from eapo.core.quadrants import QUADRANTS, assign_quadrants, entropy_threshold, quadrant_names, quadrant_stats
+from eapo.core.credit import annotate_batch
+from eapo.core.quadrants import quadrant_names
 from eapo.core.stats import bootstrap_ci
+from eapo.core.weighting import build_weighting
 from eapo.reward import RewardScorer
 from eapo.sampler import sample
 
 
 @dataclass
 class FlatTokens:
-    """Rollouts flattened to one entry per response token (all [N] arrays), plus per-sequence advantages."""
+    """Rollouts flattened to one entry per response token (all [N] arrays)."""
 
     seq: np.ndarray  # index of the rollout row
     position: np.ndarray
@@ -29,44 +30,52 @@ class FlatTokens:
     entropy: np.ndarray  # float32, as stored in the rollouts
     logprob: np.ndarray
     sum_p_sq: np.ndarray
-    advantage: np.ndarray  # the sequence's advantage, broadcast to its tokens
+    advantage: np.ndarray  # float32: the sequence's advantage, broadcast to its tokens
     reward: np.ndarray
 
 
-def flatten(rollouts: dict[str, list], advantage: str) -> tuple[FlatTokens, np.ndarray]:
-    """`rollouts` is the column dict of a rollouts artifact. Groups are prompts (one advantage per response)."""
-    rewards = torch.tensor(rollouts["reward"], dtype=torch.float64)
-    adv = get_advantage_fn(advantage)(rewards, list(rollouts["prompt_id"])).numpy()
+@dataclass
+class TokenAnnotation:
+    """``annotate_rollouts``' result: the flat tokens and, per token, the quadrant and the gradient-norm proxy."""
+
+    flat: FlatTokens
+    tau: float
+    """The entropy threshold: the batch (1−ρ) quantile, or the fixed one."""
+    labels: list[str]
+    """Quadrant name per token ("none" where A = 0)."""
+    grad_norm: np.ndarray
+    """[N] float32 ‖∇_z log π(y)‖, computed in float64 and rounded once (the tokens table stores it)."""
+    stats: dict
+    """Per quadrant: token count and share, mean entropy, mean |A|, and the GRPO gradient share Σ|Â|·‖∇‖
+    (``eapo.core.quadrants.quadrant_stats``), over the float32 values the tokens table holds."""
+
+
+def annotate_rollouts(rollouts: dict[str, list], advantage: str, rho: float,
+                      tau: float | None = None) -> TokenAnnotation:
+    """Annotate a rollouts artifact (its column dict) with the training step's own ``annotate_batch``: groups are
+    prompts (one advantage per response, computed in float64 from the rewards and stored as float32), τ is the batch
+    (1−ρ) quantile unless fixed, and the weighting is GRPO's (w = 1: the statistics describe the unweighted update)."""
     lengths = np.array([len(x) for x in rollouts["response_ids"]], dtype=np.int64)
-    seq = np.repeat(np.arange(len(lengths)), lengths)
+    entropy = np.concatenate(rollouts["entropies"]).astype(np.float32)
+    logprob = np.concatenate(rollouts["logprobs"]).astype(np.float32)
+    sum_p_sq = np.concatenate(rollouts["sum_p_sq"]).astype(np.float32)
+    advantage_fn = get_advantage_fn(advantage)
+    ann = annotate_batch(torch.from_numpy(entropy), torch.from_numpy(logprob), torch.from_numpy(sum_p_sq),
+                         torch.from_numpy(lengths), torch.tensor(rollouts["reward"], dtype=torch.float64),
+                         list(rollouts["prompt_id"]), advantage_fn=lambda r, g: advantage_fn(r, g).float(),
+                         weighting=build_weighting("none"), rho=rho, tau=tau, grad_norm_dtype=torch.float64)
+    seq = ann.seq_ids.numpy()
     flat = FlatTokens(
         seq=seq,
         position=np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, np.int64),
         token_id=np.concatenate(rollouts["response_ids"]).astype(np.int64),
-        entropy=np.concatenate(rollouts["entropies"]).astype(np.float32),
-        logprob=np.concatenate(rollouts["logprobs"]).astype(np.float32),
-        sum_p_sq=np.concatenate(rollouts["sum_p_sq"]).astype(np.float32),
-        advantage=adv[seq].astype(np.float32),
+        entropy=entropy,
+        logprob=logprob,
+        sum_p_sq=sum_p_sq,
+        advantage=ann.advantages[ann.seq_ids].numpy(),
         reward=np.asarray(rollouts["reward"], dtype=np.float32)[seq],
     )
-    return flat, adv
-
-
-def annotate_tokens(flat: FlatTokens, rho: float, tau: float | None = None) -> tuple[float, list[str], np.ndarray]:
-    """(τ, quadrant label per token, gradient-norm proxy per token). τ is the batch (1−ρ) quantile unless fixed."""
-    h = torch.from_numpy(flat.entropy)
-    if tau is None:
-        tau = entropy_threshold(h, None, rho)
-    codes = assign_quadrants(h, torch.from_numpy(flat.advantage), tau)
-    grad = logit_grad_norm(torch.from_numpy(flat.logprob).double().exp(), torch.from_numpy(flat.sum_p_sq).double())
-    return float(tau), quadrant_names(codes), grad.float().numpy()
-
-
-def quadrant_summary(flat: FlatTokens, labels: Sequence[str], grad_norm: np.ndarray) -> dict:
-    """Per quadrant: token count and share, mean entropy, mean |A|, and the GRPO gradient share Σ|Â|·‖∇‖."""
-    codes = torch.tensor([QUADRANTS.index(q) if q in QUADRANTS else -1 for q in labels], dtype=torch.long)
-    return quadrant_stats(torch.from_numpy(flat.entropy), torch.from_numpy(flat.advantage), codes,
-                          torch.from_numpy(grad_norm))
+    return TokenAnnotation(flat, ann.tau, quadrant_names(ann.codes), ann.grad_norm.numpy(), ann.quadrants)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Stage `evaluate@<name>`: greedy accuracy, avg@k and unbiased pass@k of one model on the test prompts and benchmarks.
+"""Steps of stage `evaluate@<name>` (flows/evaluate.py): greedy accuracy, avg@k and unbiased pass@k of one model on
+the test prompts and benchmarks.
 
 `name` is `base` (the base policy of `params.model`) or a trained variant with its study seed `s`
 (`<train_dir>/<variant>/seed<s>/model`). Writes `<evaluate_dir>/<name>[/seed<s>]/samples.parquet` (`samples`
@@ -11,21 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from eapo.config import Params
-from eapo.contracts import write_artifact
 from eapo.data import read_records
-from eapo.evaluation import SAMPLE_COLUMNS, compute_metrics, metrics_rows, sample_rows
-from eapo.layout import BASE, metrics_path, samples_path, train_paths
-from eapo.lineage import make_lineage, write_json_artifact
-from eapo.policy import load_policy
+from eapo.evaluation import metrics_rows, sample_rows
+from eapo.layout import BASE, train_paths
+from eapo.policy import Policy, load_policy
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score
-from eapo.stageio import StageOutputs
-from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
+from tasks import stage_task
+from tasks.publish import Markdown, Publication, Table, markdown_table
 from tasks.rollout import apply_job_threads, first_prompts, load_base_policy, model_cache_dir
 
 PARAMS_KEYS = ("model", "evaluate", "reward")
@@ -53,7 +48,14 @@ def check_name(params: Params, name: str, seed: int | None = None) -> Path | Non
     return path
 
 
-def load_model(params: Params, name: str, seed: int | None = None):
+def replicate(params: Params, name: str, seed: int | None) -> int | None:
+    """The study seed evaluated: None for the base policy, else `seed` (default: the first of study.seeds)."""
+    return params.study.seeds[0] if name != BASE and seed is None else seed
+
+
+@stage_task(name="load-policy")
+def load_model(params: Params, name: str, seed: int | None = None) -> Policy:
+    """The base policy, or the checkpoint of variant `name` at study seed `seed`."""
     path = check_name(params, name, seed)
     if path is None:
         return load_base_policy(params)
@@ -62,6 +64,7 @@ def load_model(params: Params, name: str, seed: int | None = None):
     return load_policy(str(path), dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed)
 
 
+@stage_task(name="load-datasets")
 def datasets(params: Params) -> dict[str, list[dict]]:
     """Dataset name -> prompts ({id, prompt, answer}): the test split first, then each configured benchmark."""
     cfg = params.evaluate
@@ -77,26 +80,11 @@ def datasets(params: Params) -> dict[str, list[dict]]:
     return out
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(params: Params, name: str, seed: int | None = None) -> dict:
-    """Evaluate `base` (seed None) or variant `name` trained as study replicate `seed` (default: the first of
-    study.seeds)."""
-    ckpt = check_name(params, name, seed)  # fail before loading anything
-    if name != BASE and seed is None:
-        seed = params.study.seeds[0]
-    label = name if seed is None else f"{name}-{seed}"
-    out_samples, out_metrics = samples_path(params, name, seed), metrics_path(params, name, seed)
-    # The samples and the metrics are replaced together, or neither is; a second run for this model fails at once.
-    with StageOutputs(f"evaluate@{label}", [out_samples, out_metrics]) as staged:
-        metrics, inputs, identity, policy = _evaluate(params, name, seed, ckpt, staged)
-    return _publish(params, label, ckpt, out_samples, out_metrics, metrics, inputs, identity, policy)
-
-
-def _evaluate(params: Params, name: str, seed: int | None, ckpt: Path | None, staged: StageOutputs):
-    """Sample, score and write the samples and metrics into the staging area; the caller commits them together."""
+@stage_task(name="evaluate")
+def evaluate_model(policy: Policy, sets: dict[str, list[dict]], params: Params, name: str) -> list[dict]:
+    """The samples table: per dataset, the greedy response (with `evaluate.greedy`) and k sampled ones per prompt,
+    scored."""
     cfg = params.evaluate
-    sets = datasets(params)
-    policy = load_model(params, name, seed)
     rows: list[dict] = []
     with RewardScorer.from_config(params.reward) as scorer:
         for ds, prompts in sets.items():
@@ -107,37 +95,34 @@ def _evaluate(params: Params, name: str, seed: int | None, ckpt: Path | None, st
                 rows += sample_rows(scored, prompts, model=name, dataset=ds, mode="greedy")
             scored, _ = sample_and_score(policy, texts, golds, cfg, params.model, scorer, n=cfg.k, seed=cfg.seed)
             rows += sample_rows(scored, prompts, model=name, dataset=ds, mode="sample")
+    return rows
 
+
+def evaluate_inputs(params: Params, ckpt: Path | None) -> dict[str, str | Path]:
+    """What the samples are made from: the test prompts, the checkpoint (not for the base policy), the benchmarks."""
     inputs: dict[str, str | Path] = {"prompts_test": params.paths.prompts_test}
     if ckpt is not None:
         inputs["model"] = ckpt
-    inputs.update({f"benchmark:{b.name}": b.path for b in cfg.benchmarks})
-    identity = {"name": name, "checkpoint": str(ckpt) if ckpt else None, **policy.info}
-    lineage = make_lineage("evaluate", params.subset(*PARAMS_KEYS), inputs=inputs, seed=cfg.seed,
-                           extra={"model": identity, "model_name": name, "study_seed": seed})
-    write_artifact(rows, staged.path(samples_path(params, name, seed)), "samples", lineage)
-    metrics = compute_metrics(pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)), cfg.pass_k)
-    write_json_artifact(staged.path(metrics_path(params, name, seed)), metrics, lineage)
-    return metrics, inputs, identity, policy
+    inputs.update({f"benchmark:{b.name}": b.path for b in params.evaluate.benchmarks})
+    return inputs
 
 
-def _publish(params: Params, label: str, ckpt: Path | None, out_samples: Path, out_metrics: Path, metrics: dict,
-             inputs: dict, identity: dict, policy) -> dict:
+def publications(params: Params, label: str, identity: dict, out_samples: Path, out_metrics: Path,
+                 metrics: dict) -> list[Publication]:
     cfg = params.evaluate
-    base_model = [] if ckpt else [policy.info.get("path") or params.model.name_or_path]
-    record_assets([out_samples, out_metrics], [*inputs.values(), *base_model], f"evaluate-{label}")
     table = metrics_rows(metrics)
-    publish_table(f"evaluate-{label}-metrics", table, f"Evaluation metrics of {label!r} per dataset")
     test = metrics[TEST]
     k = cfg.k
-    publish_markdown(f"evaluate-{label}-summary", "\n".join([
-        f"# evaluate: `{label}`", "",
-        (f"- model: `{identity.get('checkpoint') or identity.get('name')}` ({identity.get('kind')}, "
-        f"sha256 `{str(identity.get('sha256'))[:12]}`)"),
-        (f"- test: greedy {test.get('greedy_acc', float('nan')):.3f}, "
-        f"avg@{k} {test.get(f'avg@{k}', float('nan')):.3f}, "
-        f"pass@{max(cfg.pass_k)} {test.get(f'pass@{max(cfg.pass_k)}', float('nan')):.3f} "
-        f"over {test['prompts']} prompts"),
-        f"- samples: `{out_samples}`; metrics: `{out_metrics}`", "",
-        markdown_table(table)]), f"Evaluate stage summary ({label})")
-    return metrics
+    return [
+        Table(f"evaluate-{label}-metrics", table, f"Evaluation metrics of {label!r} per dataset"),
+        Markdown(f"evaluate-{label}-summary", "\n".join([
+            f"# evaluate: `{label}`", "",
+            (f"- model: `{identity.get('checkpoint') or identity.get('name')}` ({identity.get('kind')}, "
+             f"sha256 `{str(identity.get('sha256'))[:12]}`)"),
+            (f"- test: greedy {test.get('greedy_acc', float('nan')):.3f}, "
+             f"avg@{k} {test.get(f'avg@{k}', float('nan')):.3f}, "
+             f"pass@{max(cfg.pass_k)} {test.get(f'pass@{max(cfg.pass_k)}', float('nan')):.3f} "
+             f"over {test['prompts']} prompts"),
+            f"- samples: `{out_samples}`; metrics: `{out_metrics}`", "",
+            markdown_table(table)]), f"Evaluate stage summary ({label})"),
+    ]

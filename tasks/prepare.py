@@ -1,15 +1,12 @@
-"""Stage `prepare`: build the train/test prompt sets from the synthetic task and/or benchmark files."""
+"""Steps of stage `prepare` (flows/prepare.py): the train/test prompt sets from the synthetic task and/or benchmark
+files."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from eapo.config import Params
-from eapo.contracts import write_artifact
 from eapo.data import (
     PromptRecord,
     check_no_leakage,
@@ -19,9 +16,8 @@ from eapo.data import (
     read_sources,
     split_train_test,
 )
-from eapo.lineage import make_lineage, write_json_artifact
-from eapo.stageio import StageOutputs
-from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
+from tasks import stage_task
+from tasks.publish import markdown_table
 
 PARAMS_KEYS = ("prepare",)
 
@@ -50,28 +46,23 @@ def build_splits(params: Params) -> tuple[list[PromptRecord], list[PromptRecord]
     return train, test, {"duplicates_dropped": dropped}
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(params: Params) -> dict:
+split_prompts = stage_task(name="prepare")(build_splits)
+
+
+def prompt_rows(records: list[PromptRecord], split: str) -> list[dict]:
+    """The rows of a prompts artifact."""
+    return [{**asdict(r), "split": split} for r in records]
+
+
+def source_counts(train: list[PromptRecord], test: list[PromptRecord]) -> list[dict]:
+    """Prompts per (source, split), sorted."""
+    counts = Counter((r.source, split) for split, rs in (("train", train), ("test", test)) for r in rs)
+    return [{"source": s, "split": sp, "prompts": n} for (s, sp), n in sorted(counts.items())]
+
+
+def summary_markdown(params: Params, summary: dict) -> str:
     p = params.paths
-    # All three outputs are replaced together, or (on any error) none is; a second prepare run fails at once.
-    with StageOutputs("prepare", [p.prompts_train, p.prompts_test, p.prepare_summary]) as staged:
-        train, test, info = build_splits(params)
-        lineage = make_lineage("prepare", params.subset(*PARAMS_KEYS), seed=params.prepare.seed,
-                               extra={"sources": [s.path for s in params.prepare.sources]})
-        out = {}
-        for split, records, path in (("train", train, p.prompts_train), ("test", test, p.prompts_test)):
-            rows = [{**asdict(r), "split": split} for r in records]
-            write_artifact(rows, staged.path(path), "prompts", lineage)
-            out[split] = path
-        counts = Counter((r.source, split) for split, rs in (("train", train), ("test", test)) for r in rs)
-        table = [{"source": s, "split": sp, "prompts": n} for (s, sp), n in sorted(counts.items())]
-        summary = {"train": len(train), "test": len(test), **info, "per_source": table}
-        write_json_artifact(staged.path(p.prepare_summary), summary, lineage)
-    record_assets([params.paths.prompts_train, params.paths.prompts_test], [s.path for s in params.prepare.sources],
-                  "prepare")
-    publish_table("prepare-counts", table, "Prompts per source and split")
-    publish_markdown("prepare-summary", "\n".join([
-        "# prepare", "", f"- train: **{len(train)}** prompts -> `{out['train']}`",
-        f"- test: **{len(test)}** prompts -> `{out['test']}`", f"- duplicates dropped: {info['duplicates_dropped']}",
-        "", markdown_table(table)]), "Prompt sets written by the prepare stage")
-    return summary
+    return "\n".join([
+        "# prepare", "", f"- train: **{summary['train']}** prompts -> `{p.prompts_train}`",
+        f"- test: **{summary['test']}** prompts -> `{p.prompts_test}`",
+        f"- duplicates dropped: {summary['duplicates_dropped']}", "", markdown_table(summary["per_source"])])

@@ -1,5 +1,6 @@
 """Prefect UI artifacts for a stage: a table, a markdown summary, links to the files it wrote, and the lineage tree of
-each output (what `eapo lineage` prints), published by `record_assets`, the tail every stage calls after writing.
+each output (what `eapo lineage` prints), published by `record_assets`. A stage names what it shows as `Table`,
+`Markdown` and `Links` values; the stage tail (`tasks/tail.py`) publishes them after the outputs are in place.
 
 The open-source Prefect UI shows these under the flow run's **Artifacts** tab and on the Artifacts page; the asset
 materialization events appear in the **Event Feed**. The asset graph itself is a Prefect Cloud feature."""
@@ -7,6 +8,7 @@ materialization events appear in the **Event Feed**. The asset graph itself is a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,45 @@ def publish_links(key: str, paths: list[str | Path], description: str) -> None:
         path = Path(path)
         create_link_artifact(link=path.resolve().as_uri(), link_text=str(path),
                              key=artifact_key(key, path.stem), description=description)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table artifact: `rows` (one dict per row) under `key`."""
+
+    key: str
+    rows: list[dict[str, Any]]
+    description: str
+
+    def publish(self) -> None:
+        publish_table(self.key, self.rows, self.description)
+
+
+@dataclass(frozen=True)
+class Markdown:
+    """A markdown artifact under `key`."""
+
+    key: str
+    text: str
+    description: str
+
+    def publish(self) -> None:
+        publish_markdown(self.key, self.text, self.description)
+
+
+@dataclass(frozen=True)
+class Links:
+    """One link artifact per file, keyed `<key>-<file stem>`."""
+
+    key: str
+    paths: list[str | Path]
+    description: str
+
+    def publish(self) -> None:
+        publish_links(self.key, self.paths, self.description)
+
+
+Publication = Table | Markdown | Links
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

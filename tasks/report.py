@@ -1,6 +1,6 @@
-"""Stage `report`: I/O only. Reads every model's metrics and samples, each variant's training steps and annotate's
-quadrant stats and CMI probe; `eapo.report.build_report` computes; this writes `report.md`, PNG plots and the CSV/JSON
-data files for `dvc plots` / `dvc metrics` into `paths.report_dir`."""
+"""Steps of stage `report` (flows/report.py), I/O only. Reads every model's metrics and samples, each variant's training
+steps and annotate's quadrant stats and CMI probe; `eapo.report.build_report` computes; the outputs are `report.md`,
+PNG plots and the CSV/JSON data files for `dvc plots` / `dvc metrics` in `paths.report_dir`."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from eapo import plots
-from eapo.config import Params
+from eapo.config import Params, ReportConfig
 from eapo.contracts import read_artifact
 from eapo.layout import BASE, metrics_path, samples_path, train_paths
-from eapo.lineage import make_lineage, read_lineage, write_json_artifact, write_sidecar
-from eapo.report import Boot, ReportInputs, build_report
-from eapo.stageio import StageOutputs, atomic_file
-from tasks.publish import publish_links, publish_markdown, publish_table, record_assets
+from eapo.lineage import read_lineage
+from eapo.report import Boot, Report, ReportInputs, build_report
+from eapo.stageio import atomic_file
+from tasks import stage_task
+from tasks.publish import Links, Markdown, Publication, Table
+from tasks.tail import File, Json, Output
 
 PARAMS_KEYS = ("report", "study")
 PNG_FILES = ("reward_curves.png", "entropy_curves.png", "accuracy.png", "quadrant_shares.png")
@@ -53,7 +52,9 @@ def check_inputs(inputs: dict[str, Path]) -> None:
                                 "`dvc repro`):\n" + "\n".join(missing))
 
 
+@stage_task(name="load-inputs")
 def load_inputs(params: Params) -> tuple[ReportInputs, dict[str, Path]]:
+    """Every input the report reads, and their paths by name."""
     paths = required_inputs(params)
     check_inputs(paths)
     variants, seeds = params.study.variants, params.study.seeds
@@ -84,50 +85,49 @@ def write_csv(path: Path, rows) -> None:
         frame.to_csv(tmp, index=False)
 
 
-@task(name="report", cache_policy=NO_CACHE)
-def report_task(params: Params) -> dict:
-    cfg = params.report
+@stage_task(name="report")
+def build(inputs: ReportInputs, cfg: ReportConfig) -> Report:
+    """The report's tables, claims, curves and markdown (`eapo.report.build_report`)."""
+    return build_report(inputs, boot=Boot(cfg.bootstrap, cfg.ci, cfg.seed), reward_threshold=cfg.reward_threshold)
+
+
+def report_files(params: Params) -> list[Path]:
     final = Path(params.paths.report_dir)
-    files = [final / f for f in ("report.md", *DATA_FILES, *PNG_FILES)]
-    # Every report file is replaced together, or none is; a second report run fails at once.
-    with StageOutputs("report", files) as staged:
-        inputs, paths = load_inputs(params)
-        rep = build_report(inputs, boot=Boot(cfg.bootstrap, cfg.ci, cfg.seed), reward_threshold=cfg.reward_threshold)
-        out = staged.path(final / "report.md").parent
-        _write_outputs(params, rep, paths, out)
-    md_path = final / "report.md"
+    return [final / f for f in ("report.md", *DATA_FILES, *PNG_FILES)]
+
+
+def outputs(params: Params, rep: Report) -> dict[Path, Output]:
+    """Plots, CSV/JSON data files and report.md (with a lineage sidecar), by final path."""
+    cfg, final = params.report, Path(params.paths.report_dir)
+    by_variant = list(rep.curves.groupby("variant", sort=False))
+    reward = {v: (d["step"].tolist(), d["reward_mean"].tolist()) for v, d in by_variant}
+    entropy = {v: (d["step"].tolist(), d["entropy_mean"].tolist()) for v, d in by_variant}
     acc = rep.accuracy
-    record_assets([md_path, final / "summary.json"], [p for k, p in paths.items()], "report")
-    publish_markdown("report", rep.markdown, "EAPO study report: Four Quadrant ablation table and more")
-    publish_table("report-accuracy", acc, "Test avg@k per model with bootstrap intervals")
-    publish_table("report-claims", [{k: c[k] for k in ("id", "statement", "estimate", "lo", "hi", "p_holm", "verdict",
-                                                          "mde", "seeds")} for c in rep.claims],
-                  "The paper's claims: estimate, interval, Holm-adjusted p, verdict, minimum detectable effect")
-    publish_links("report-plot", [final / f for f in PNG_FILES], "Report plots")
-    return {"report": str(md_path), "summary": rep.summary}
+    return {
+        final / "reward_curves.png": File(lambda path: plots.curves(reward, "training reward (mean)", path,
+                                                                   "Training reward per variant")),
+        final / "entropy_curves.png": File(lambda path: plots.curves(entropy, "token entropy (nats)", path,
+                                                                    "Policy entropy per variant")),
+        final / "accuracy.png": File(lambda path: plots.bars_with_ci(
+            [r["variant"] for r in acc], [r["acc"] for r in acc], [r["lo"] for r in acc], [r["hi"] for r in acc],
+            "test accuracy (avg@k)", path, f"Test avg@k with {cfg.ci:.0%} bootstrap intervals")),
+        final / "quadrant_shares.png": File(lambda path: plots.quadrant_shares(
+            {q["quadrant"]: {"share": q["token_share"], "grad_share": q["grad_share"]} for q in rep.quadrants}, path)),
+        final / "curves.csv": File(lambda path: write_csv(path, rep.curves)),
+        final / "accuracy.csv": File(lambda path: write_csv(
+            path, [{k: r[k] for k in ("variant", "acc", "lo", "hi", "greedy")} for r in acc])),
+        final / "summary.json": Json(rep.summary),
+        final / "report.md": File(lambda path: path.write_text(rep.markdown + "\n"), lineage=True),
+    }
 
 
-def _write_outputs(params: Params, rep, paths: dict[str, Path], out: Path) -> None:
-    """Plots, CSV/JSON data files and report.md into `out` (the staging folder of the report directory)."""
-    cfg = params.report
-    series = {v: (d["step"].tolist(), d["reward_mean"].tolist()) for v, d in rep.curves.groupby("variant", sort=False)}
-    plots.curves(series, "training reward (mean)", out / "reward_curves.png", "Training reward per variant")
-    series = {v: (d["step"].tolist(), d["entropy_mean"].tolist()) for v, d in rep.curves.groupby("variant", sort=False)}
-    plots.curves(series, "token entropy (nats)", out / "entropy_curves.png", "Policy entropy per variant")
-    acc = rep.accuracy
-    plots.bars_with_ci([r["variant"] for r in acc], [r["acc"] for r in acc], [r["lo"] for r in acc],
-                       [r["hi"] for r in acc], "test accuracy (avg@k)", out / "accuracy.png",
-                       f"Test avg@k with {cfg.ci:.0%} bootstrap intervals")
-    plots.quadrant_shares({q["quadrant"]: {"share": q["token_share"], "grad_share": q["grad_share"]}
-                           for q in rep.quadrants}, out / "quadrant_shares.png")
-
-    write_csv(out / "curves.csv", rep.curves)
-    write_csv(out / "accuracy.csv", [{k: r[k] for k in ("variant", "acc", "lo", "hi", "greedy")} for r in acc])
-
-    lineage = make_lineage("report", params.subset(*PARAMS_KEYS), inputs={k: v for k, v in paths.items()},
-                           seed=cfg.seed)
-    write_json_artifact(out / "summary.json", rep.summary, lineage)
-    md_path = out / "report.md"
-    with atomic_file(md_path) as tmp:
-        tmp.write_text(rep.markdown + "\n")
-    write_sidecar(md_path, lineage)
+def publications(params: Params, rep: Report) -> list[Publication]:
+    final = Path(params.paths.report_dir)
+    return [
+        Markdown("report", rep.markdown, "EAPO study report: Four Quadrant ablation table and more"),
+        Table("report-accuracy", rep.accuracy, "Test avg@k per model with bootstrap intervals"),
+        Table("report-claims", [{k: c[k] for k in ("id", "statement", "estimate", "lo", "hi", "p_holm", "verdict",
+                                                   "mde", "seeds")} for c in rep.claims],
+              "The paper's claims: estimate, interval, Holm-adjusted p, verdict, minimum detectable effect"),
+        Links("report-plot", [final / f for f in PNG_FILES], "Report plots"),
+    ]

@@ -1,4 +1,5 @@
-"""Stage `train@<variant>-<seed>`: online RLVR of the base policy under one token weighting, one study replicate."""
+"""Steps of stage `train@<variant>-<seed>` (flows/train.py): online RLVR of the base policy under one token weighting,
+one study replicate."""
 
 from __future__ import annotations
 
@@ -8,18 +9,13 @@ import json
 import shutil
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from eapo.config import Params, params_hash
-from eapo.contracts import read_artifact, write_artifact
-from eapo.layout import train_paths
-from eapo.lineage import make_lineage, write_sidecar
+from eapo.contracts import read_artifact
+from eapo.policy import Policy
 from eapo.sampler import Sample
-from eapo.stageio import StageOutputs
-from eapo.trainer import WALL_TIME_KEYS, step_prompt_indices, train
-from tasks.publish import markdown_table, publish_markdown, publish_table, record_assets
-from tasks.rollout import first_prompts, load_base_policy
+from eapo.trainer import WALL_TIME_KEYS, TrainResult, step_prompt_indices, train
+from tasks import stage_task
+from tasks.publish import Markdown, Publication, Table, markdown_table
 
 SAMPLING_KEYS = ("group_size", "temperature", "top_p", "max_new_tokens")
 
@@ -33,6 +29,18 @@ def replicate_seed(params: Params, seed: int) -> int:
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     return params.train.seed + seed
+
+
+def replicate_params(params: Params, variant: str, seed: int) -> Params:
+    """The params of study replicate `seed` of `variant`: `train.seed` becomes `train.seed + seed`."""
+    if variant not in params.variants:
+        raise ValueError(f"unknown variant {variant!r}; defined in params.yaml variants: {sorted(params.variants)}")
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, seed=replicate_seed(params, seed)))
+
+
+def run_params(params: Params, variant: str, seed: int) -> dict:
+    """The params subset the replicate's lineage records (and its checkpoints are keyed by)."""
+    return {**params.subset(*params_keys(variant)), "study.seed": seed}
 
 
 def step0_samples(params: Params, prompts: list[dict]) -> list[tuple[Sample, float]] | None:
@@ -60,76 +68,70 @@ def step0_samples(params: Params, prompts: list[dict]) -> list[tuple[Sample, flo
     return out
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(params: Params, variant: str, seed: int = 0) -> dict:
-    """Train `variant` as study replicate `seed` (trainer seed `train.seed + seed`)."""
-    if variant not in params.variants:
-        raise ValueError(f"unknown variant {variant!r}; defined in params.yaml variants: {sorted(params.variants)}")
-    paths = train_paths(params, variant, seed)
-    effective_seed = replicate_seed(params, seed)
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=effective_seed))
-    # The model, the steps table and the curves are replaced together, or none is; a second run of this replicate
-    # fails at once naming the holder of the lock.
-    with StageOutputs(f"train@{variant}-{seed}", [paths["model"], paths["steps"], paths["curves"]]) as staged:
-        result, subset, inputs, policy, initial = _train(params, variant, seed, paths, staged)
-        staged.cleanup.append(paths["root"] / ".runs")  # checkpoints are only for resuming a killed run
-    return _finish(params, variant, seed, paths, result, subset, inputs, policy, initial)
-
-
-def _train(params: Params, variant: str, seed: int, paths: dict[str, Path], staged: StageOutputs):
-    """Train and write every output into the staging area; the caller commits them together."""
-    subset = {**params.subset(*params_keys(variant)), "study.seed": seed}
-    prompts = first_prompts(params.paths.prompts_train, None)
-    policy = load_base_policy(params)
-    initial = step0_samples(params, prompts)
-    # Checkpoints live under a directory named by the params hash: a rerun with the same params resumes, a run with
-    # changed params starts fresh instead of resuming someone else's optimizer state.
-    run_dir = paths["root"] / ".runs" / params_hash(subset)
-    for stale in (paths["root"] / ".runs").glob("*") if (paths["root"] / ".runs").exists() else []:
+def fresh_run_dir(root: Path, subset: dict) -> Path:
+    """Where the replicate checkpoints, in a folder named by the params hash: a rerun with the same params resumes, a
+    run with changed params starts fresh instead of resuming someone else's optimizer state (the other folders, stale,
+    are removed)."""
+    run_dir = root / ".runs" / params_hash(subset)
+    for stale in (root / ".runs").glob("*") if (root / ".runs").exists() else []:
         if stale != run_dir:
             shutil.rmtree(stale, ignore_errors=True)
+    return run_dir
 
-    result = train(policy, prompts, params.train, variant, params.variants[variant], params.model, params.reward,
-                   run_dir, initial_samples=initial)  # the trainer logs one line per step (eapo.train)
+
+@stage_task(name="train")
+def train_policy(policy: Policy, prompts: list[dict], params: Params, variant: str, run_dir: Path,
+                 initial: list[tuple[Sample, float]] | None) -> TrainResult:
+    """`train.steps` steps of the variant's update; the trainer logs one line per step (eapo.train)."""
+    return train(policy, prompts, params.train, variant, params.variants[variant], params.model, params.reward,
+                 run_dir, initial_samples=initial)
+
+
+def train_inputs(params: Params, initial: list | None) -> dict[str, str]:
     inputs = {"prompts_train": params.paths.prompts_train}
     if initial is not None:
         inputs["rollouts"] = params.paths.rollouts
-    # Only what the data depends on: wall time and whether the run resumed go to the run record, not the artifacts.
-    lineage = make_lineage(f"train@{variant}-{seed}", subset, inputs=inputs, seed=params.train.seed,
-                           extra={"variant": variant, "study_seed": seed, "train_seed": params.train.seed,
-                                  "base_model": policy.info, "reused_rollouts": initial is not None})
-    staged.run_info.update({"resumed_from": result.resumed_from, "seconds": result.seconds,
-                            "steps": [{k: r[k] for k in ("step", *WALL_TIME_KEYS)} for r in result.steps]})
-    model = staged.path(paths["model"])
-    result.model_dir.replace(model)
-    write_sidecar(model, lineage)
-    table = [{k: v for k, v in r.items() if k not in WALL_TIME_KEYS} for r in result.steps]
-    write_artifact(table, staged.path(paths["steps"]), "steps", lineage)
-    with open(staged.path(paths["curves"]), "w", newline="") as fh:
+    return inputs
+
+
+def steps_rows(result: TrainResult) -> list[dict]:
+    """The steps artifact: every step's metrics but the wall times (those go to the run record)."""
+    return [{k: v for k, v in r.items() if k not in WALL_TIME_KEYS} for r in result.steps]
+
+
+def run_info(result: TrainResult) -> dict:
+    """What the run record holds: wall time and whether the run resumed are not data."""
+    return {"resumed_from": result.resumed_from, "seconds": result.seconds,
+            "steps": [{k: r[k] for k in ("step", *WALL_TIME_KEYS)} for r in result.steps]}
+
+
+def write_curves(path: Path, steps: list[dict]) -> None:
+    """curves.csv, the `dvc plots` view of the training curves."""
+    with open(path, "w", newline="") as fh:
         cols = ["step", "reward_mean", "entropy_mean", "response_length", "clip_frac", "grad_norm"]
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(result.steps)
-    return result, subset, inputs, policy, initial
+        writer.writerows(steps)
 
 
-def _finish(params: Params, variant: str, seed: int, paths: dict[str, Path], result, subset, inputs, policy,
-            initial) -> dict:
-    effective_seed = params.train.seed
-    base_model = policy.info.get("path") or params.model.name_or_path
-    name = f"{variant}-seed{seed}"
-    record_assets([paths["model"], paths["steps"]], [*inputs.values(), base_model], f"train-{name}")
+def final_metrics(params: Params, variant: str, seed: int, result: TrainResult) -> dict:
     first, last = result.steps[0], result.steps[-1]
-    final = {"variant": variant, "seed": seed, "train_seed": effective_seed, "steps": len(result.steps),
-             "reward_start": first["reward_mean"],
-             "reward_end": last["reward_mean"], "entropy_start": first["entropy_mean"],
-             "entropy_end": last["entropy_mean"], "seconds": round(result.seconds, 1)}
-    publish_table(f"train-{name}-final", [final], f"Final training metrics of {variant} (seed {seed})")
-    publish_markdown(f"train-{name}-summary", "\n".join([
-        f"# train@{variant}-{seed}", "", f"- weighting: `{json.dumps(subset[f'variants.{variant}'])}`",
-        f"- study seed {seed} (trainer seed train.seed + {seed} = {effective_seed})",
-        f"- checkpoint: `{paths['model']}`", f"- steps: `{paths['steps']}`",
-        f"- step-0 samples reused from the rollout stage: {initial is not None}", "",
-        markdown_table([{k: r[k] for k in ("step", "reward_mean", "entropy_mean", "response_length", "loss")}
-                        for r in result.steps])]), f"Training summary of {variant} (seed {seed})")
-    return final
+    return {"variant": variant, "seed": seed, "train_seed": params.train.seed, "steps": len(result.steps),
+            "reward_start": first["reward_mean"],
+            "reward_end": last["reward_mean"], "entropy_start": first["entropy_mean"],
+            "entropy_end": last["entropy_mean"], "seconds": round(result.seconds, 1)}
+
+
+def publications(params: Params, variant: str, seed: int, paths: dict[str, Path], subset: dict, result: TrainResult,
+                 initial: list | None, final: dict) -> list[Publication]:
+    name = f"{variant}-seed{seed}"
+    return [
+        Table(f"train-{name}-final", [final], f"Final training metrics of {variant} (seed {seed})"),
+        Markdown(f"train-{name}-summary", "\n".join([
+            f"# train@{variant}-{seed}", "", f"- weighting: `{json.dumps(subset[f'variants.{variant}'])}`",
+            f"- study seed {seed} (trainer seed train.seed + {seed} = {params.train.seed})",
+            f"- checkpoint: `{paths['model']}`", f"- steps: `{paths['steps']}`",
+            f"- step-0 samples reused from the rollout stage: {initial is not None}", "",
+            markdown_table([{k: r[k] for k in ("step", "reward_mean", "entropy_mean", "response_length", "loss")}
+                            for r in result.steps])]), f"Training summary of {variant} (seed {seed})"),
+    ]

@@ -87,13 +87,13 @@ def test_tampered_rollouts_fail_in_annotate_and_leave_its_outputs(tiny, tmp_path
 
 def test_prepare_failing_on_its_second_output_replaces_none(tiny, monkeypatch):
     """Issue 11: a failed prepare replaced prompts_train but left the old prompts_test and summary."""
-    import tasks.prepare
+    import tasks.tail
     from flows.prepare import prepare_flow
 
     params, params_path, _ = tiny
     outs = [Path(p) for p in (params.paths.prompts_train, params.paths.prompts_test, params.paths.prepare_summary)]
     before = {p: p.read_bytes() for p in outs}
-    real, calls = tasks.prepare.write_artifact, []
+    real, calls = tasks.tail.write_artifact, []
 
     def fails_on_second(*args, **kwargs):
         calls.append(args[1])
@@ -101,7 +101,7 @@ def test_prepare_failing_on_its_second_output_replaces_none(tiny, monkeypatch):
             raise ContractError("prompts_test: failed validation (injected)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.prepare, "write_artifact", fails_on_second)
+    monkeypatch.setattr(tasks.tail, "write_artifact", fails_on_second)
     with pytest.raises(ContractError, match="injected"):
         prepare_flow(params_path=params_path, overrides={"prepare.seed": 5})  # other data than the old outputs
     assert len(calls) == 2
@@ -111,7 +111,7 @@ def test_prepare_failing_on_its_second_output_replaces_none(tiny, monkeypatch):
 
 def test_train_failing_between_model_and_steps_keeps_the_old_pair(tiny, monkeypatch):
     """Issue 11: a train killed after writing model/ but before steps.parquet left a new model beside the old steps."""
-    import tasks.train
+    import tasks.tail
     from flows.train import train_flow
 
     params, params_path, _ = tiny
@@ -122,7 +122,7 @@ def test_train_failing_between_model_and_steps_keeps_the_old_pair(tiny, monkeypa
     def dies(*args, **kwargs):  # the model is already in the staging area when steps.parquet is written
         raise KeyboardInterrupt("killed between model/ and steps.parquet")
 
-    monkeypatch.setattr(tasks.train, "write_artifact", dies)
+    monkeypatch.setattr(tasks.tail, "write_artifact", dies)
     with pytest.raises(BaseException, match="killed between"):
         train_flow(variant="grpo", params_path=params_path, overrides={"train.lr": 1e-3})
     assert {p: _digest(p) for p in outs} == before
