@@ -1,6 +1,7 @@
 """The study report (DESIGN §3 `report`, §4 "Evaluation"): pure functions, dataframes/dicts in, dicts/markdown out.
 
-No file I/O here: `tasks/report.py` reads the artifacts, calls `build_report` and writes what it returns.
+No file I/O here: the report stage (`flows/report.py`) reads the artifacts with `tasks/report.py`, calls
+`build_report` and writes what it returns through the shared tail (`tasks/tail.py`).
 
 - **Four Quadrant ablation table**: per model, test avg@k and greedy accuracy, and the deltas vs `base` and vs `grpo`
   with PAIRED bootstrap intervals over prompts (`paired_bootstrap_diff` on per-prompt accuracies: the k-sample mean
