@@ -281,3 +281,63 @@ def test_extraction_is_linear_on_crafted_20k_responses(name):
     t0 = time.perf_counter()
     grade(text, "1", GradeOptions(), ended=True)
     assert time.perf_counter() - t0 < 0.5, name
+
+
+# -- the in-process helpers around grade (issue 16) -------------------------------------------------------------------
+
+
+def test_extraction_rate_and_accuracy_count_the_right_results():
+    from eapo.reward import accuracy, extraction_rate
+
+    rs = [RewardResult(1.0, "1", "boxed"), RewardResult(0.0, None, "none", "no_answer"),
+          RewardResult(0.0, None, "none", "no_answer"), RewardResult(0.0, "7", "last_number")]
+    assert extraction_rate(rs) == 0.5
+    assert extraction_rate(rs[:3]) == pytest.approx(1 / 3)
+    assert accuracy(rs[:3]) == pytest.approx(1 / 3)
+    assert accuracy([RewardResult(1.0, "1", "boxed")] * 3 + rs[1:2]) == 0.75
+
+
+def test_check_answer_normalises_the_gold_and_compares_numbers_exactly():
+    from eapo.reward import check_answer
+
+    assert check_answer("1200", "#### 1,200")
+    assert check_answer("120", "120") and not check_answer("12", "120")
+    assert not check_answer("5", "-5") and not check_answer("-5", "5")
+    assert check_answer("0.25", "25%") and check_answer("100", "100.0")
+    assert check_answer("27", 27.0)
+    # Not both numbers: math-verify decides.
+    assert check_answer(r"\frac{1}{2}", "0.5") and not check_answer(r"\frac{1}{3}", "0.5")
+
+
+def test_grade_task_turns_a_grader_exception_into_a_parse_error_verdict():
+    from eapo.reward import _grade_task
+
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("x" * 300)
+
+    assert _grade_task("The answer is 5.", "5", GradeOptions(), True, False) == (1.0, "5", "answer_is", None)
+    assert _grade_task("It is 5", "5", GradeOptions(), False, True) == grade("It is 5", "5", ended=False, cut=True)
+    reward, extracted, method, failure = _grade_task("The answer is 5.", Unprintable(), GradeOptions(), True, False)
+    assert (reward, extracted, method) == (0.0, None, "none")
+    assert failure == "parse_error: RuntimeError: " + "x" * 200
+
+
+def test_result_keeps_the_verdict_and_puts_the_note_only_on_a_missing_answer():
+    from eapo.reward import _result
+
+    r = _result((1, "5", "boxed", None), None)
+    assert r == RewardResult(1.0, "5", "boxed", None) and type(r.reward) is float
+    assert _result((0.0, None, "none", "no_answer"), "truncated").failure == "truncated"
+    assert _result((0.0, "5", "boxed", None), "note").failure == "note"
+    assert _result((0.0, None, "none", "timeout"), "note").failure == "timeout"
+    assert _result((0.0, None, "none", "no_answer"), None).failure == "no_answer"
+
+
+def test_gold_key_keeps_types_apart_and_is_hashable():
+    from eapo.reward import _gold_key
+
+    keys = [_gold_key(g) for g in (27.0, "27.0", 27, True, None, [1, 2], {"a": 1})]
+    assert len(set(keys)) == len(keys)
+    assert _gold_key(27.0) == ("float", 27.0) and _gold_key("27.0") == ("str", "27.0")
+    assert _gold_key([1, 2]) == ("list", "[1, 2]") and _gold_key([1, 2]) == _gold_key([1, 2])

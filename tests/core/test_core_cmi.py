@@ -167,13 +167,49 @@ def test_bootstrap_interval_covers_the_truth_at_the_nominal_rate():
 
 
 def test_stratified_mean_difference():
-    d, lo, hi = stratified_mean_difference([0.3, 0.2, 0.25, 0.35], [0.0, 0.05, -0.05, 0.0], n_boot=500, seed=0)
-    assert d == pytest.approx(0.275)
+    # The low group's mean is not 0, so mean(high) - mean(low) is told apart from mean(high) + mean(low).
+    d, lo, hi = stratified_mean_difference([0.3, 0.2, 0.25, 0.35], [0.1, 0.15, 0.05, 0.1], n_boot=500, seed=0)
+    assert d == pytest.approx(0.175)
     assert 0 < lo <= d <= hi
     d0, lo0, hi0 = stratified_mean_difference([0.1, -0.1, 0.05], [0.0, 0.1, -0.05], n_boot=500, seed=0)
     assert lo0 < 0 < hi0
-    with pytest.raises(ValueError):
-        stratified_mean_difference([], [0.1])
+
+
+def test_stratified_mean_difference_interval_matches_the_normal_approximation():
+    """Large groups: the percentile interval of the difference is close to d ± z·sqrt(s_h²/n_h + s_l²/n_l), with the
+    two groups resampled separately (a different size and spread each) and both ends symmetric about d."""
+    rng = np.random.default_rng(0)
+    high, low = rng.normal(0.5, 0.2, 400), rng.normal(0.2, 0.1, 100)
+    se = math.sqrt(high.var(ddof=1) / high.size + low.var(ddof=1) / low.size)
+    for ci, z in ((0.9, 1.6449), (0.5, 0.6745)):
+        d, lo, hi = stratified_mean_difference(high, low, n_boot=4000, seed=1, ci=ci)
+        assert d == pytest.approx(high.mean() - low.mean(), abs=1e-12)
+        assert (hi - lo) / 2 == pytest.approx(z * se, rel=0.08)
+        assert (lo + hi) / 2 == pytest.approx(d, abs=0.1 * se)
+
+
+def test_stratified_mean_difference_flattens_validates_and_is_seeded():
+    # Constant groups: no spread, the interval is the point; one value per group is enough.
+    assert stratified_mean_difference([0.5], [0.25], n_boot=1) == (0.25, 0.25, 0.25)
+    assert stratified_mean_difference([[0.5, 0.5], [0.5, 0.5]], [0.25] * 3, n_boot=10) == (0.25, 0.25, 0.25)
+    # Every position of each group can be drawn: the first one too.
+    assert stratified_mean_difference([1.0, 0.0], [0.0], n_boot=200) == (0.5, 0.0, 1.0)
+    assert stratified_mean_difference([0.0], [1.0, 0.0], n_boot=200) == (-0.5, -1.0, 0.0)
+    grid = [[0.1, 0.4], [0.2, 0.9]]
+    assert stratified_mean_difference(grid, [0.0, 0.3], n_boot=50) == \
+        stratified_mean_difference([0.1, 0.4, 0.2, 0.9], [0.0, 0.3], n_boot=50)
+    # The defaults (n_boot 2000, seed 0) make the interval reproducible; another seed moves it.
+    h, lw = [0.3, 0.1, 0.5, 0.2, 0.9], [0.0, 0.2, 0.1, 0.4]
+    assert stratified_mean_difference(h, lw) == stratified_mean_difference(h, lw, n_boot=2000, seed=0)
+    assert stratified_mean_difference(h, lw, seed=3) == stratified_mean_difference(h, lw, seed=3)
+    assert stratified_mean_difference(h, lw, seed=3) != stratified_mean_difference(h, lw, seed=4)
+    assert stratified_mean_difference(h, lw, n_boot=2001) != stratified_mean_difference(h, lw)
+    for high, low in (([], [0.1]), ([0.1], []), ([], [])):
+        with pytest.raises(ValueError, match=r"^both groups need at least one value, got \d and \d$"):
+            stratified_mean_difference(high, low)
+    for ci, n_boot in ((0.0, 10), (1.0, 10), (1.5, 10), (0.9, 0), (-0.1, 10)):
+        with pytest.raises(ValueError, match=r"^need ci in \(0, 1\) and n_boot >= 1, got "):
+            stratified_mean_difference([0.1], [0.2], ci=ci, n_boot=n_boot)
 
 
 def test_bootstrap_is_seeded_and_validates():
@@ -183,3 +219,21 @@ def test_bootstrap_is_seeded_and_validates():
         bootstrap_cmi(np.full((2, 2), 0.5))
     with pytest.raises(ValueError):
         cmi_from_outcomes(np.zeros((0, 3)))
+
+
+def test_miller_madow_corrects_only_occupied_binary_bins_and_vectorises():
+    """(occupied bins − 1)/(2n) per binary entropy: a count of 0 or of all n has one occupied bin, no correction."""
+    mm = CMI_ESTIMATORS["miller_madow"]
+    log2, hq = math.log(2), float(binary_entropy(0.25))
+    cases = {
+        (0, 0): 0.0,  # nothing occupied twice: no correction anywhere
+        (2, 2): 0.0,  # all successes: the same
+        (2, 0): log2 + 1 / 8,  # pooled 1/2 corrected (n = 4); rows deterministic
+        (1, 0): hq + 1 / 8 - (log2 + 1 / 4) / 2,  # pooled 1/4 (total 1 counts); one row 1/2 corrected (m = 2)
+        (1, 1): -1 / 8,
+    }
+    for counts, want in cases.items():
+        assert float(mm(np.array(counts), 2)) == pytest.approx(want, abs=1e-12), counts
+    # Vectorised over leading dimensions (bootstrap resamples): each row of counts is its own estimate.
+    batch = np.array([list(c) for c in cases])
+    assert mm(batch, 2).tolist() == pytest.approx(list(cases.values()), abs=1e-12)

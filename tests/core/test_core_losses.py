@@ -280,3 +280,34 @@ def test_aggregation_totals_over_micro_batches_give_the_batch_mean(name):
     split = sum(agg.total(values[p], mask[p], 8) for p in parts) / agg.count_lengths(lengths)
     assert float(split) == pytest.approx(float(whole), rel=1e-12)
     assert agg.count_lengths(lengths) == float(agg.count(mask)) == (14.0 if agg.unit == "token" else 4.0)
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "clip_cov", "kl_cov", "entropy_bonus"])
+def test_every_policy_loss_reports_ratio_clipped_and_selected(name):
+    """The parts the trainer logs (clip fraction, approx. KL from the ratio) have the same names for every loss."""
+    from eapo.core.losses import build_policy_loss
+
+    logp = torch.tensor([[-0.5, -1.0, -2.0]])
+    old = torch.tensor([[-1.0, -1.0, -1.0]])
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    mask = torch.tensor([[True, True, False]])
+    _, parts = build_policy_loss(name)(logp, old, adv, mask, entropy=torch.ones(1, 3))
+    assert set(parts) == {"ratio", "clipped", "selected"}
+    torch.testing.assert_close(parts["ratio"][mask], torch.exp(logp - old)[mask])
+    assert parts["clipped"].dtype == torch.bool and parts["selected"].dtype == torch.bool
+    assert parts["clipped"].shape == parts["selected"].shape == mask.shape
+
+
+def test_kl_cov_log_ratio_is_clamped_at_plus_minus_20():
+    """An extreme log-ratio (a token whose probability moved by e^±25) is clamped to ±20 before exp: the ratio and
+    the KL penalty stay finite and are those of ±20."""
+    from eapo.core.losses import build_policy_loss
+
+    logp = torch.tensor([[-0.5, -30.0, -1.0]])
+    old = torch.tensor([[-25.5, -5.0, -1.0]])  # log r = [25, −25, 0]
+    adv = torch.tensor([[1.0, -1.0, 0.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    terms, parts = build_policy_loss("kl_cov", kl_cov_ratio=1.0)(logp, old, adv, mask)
+    torch.testing.assert_close(parts["ratio"], torch.tensor([[math.exp(20.0), math.exp(-20.0), 1.0]]))
+    # All three tokens selected (ratio 1.0): −r·Â + |log r| with |log r| clamped to 20.
+    torch.testing.assert_close(terms, torch.tensor([[-math.exp(20.0) + 20.0, math.exp(-20.0) + 20.0, 0.0]]))

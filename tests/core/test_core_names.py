@@ -1,0 +1,31 @@
+"""What the core's named parts say about themselves: registries and losses in logs and lineage, the CMI estimators'
+smallest shapes (issue 16)."""
+
+from __future__ import annotations
+
+import pytest
+
+from eapo.core.cmi import CMI_ESTIMATORS, min_shape
+from eapo.core.losses import build_policy_loss
+from eapo.core.registry import Registry
+
+
+def test_registry_repr_names_its_kind_and_items_in_order():
+    reg: Registry[int] = Registry("widget")
+    assert repr(reg) == "Registry('widget': )"
+    reg.register("b")(1)
+    reg.register("a")(2)
+    assert repr(reg) == "Registry('widget': b, a)"
+
+
+def test_policy_loss_repr_shows_the_class_and_its_parameters():
+    assert repr(build_policy_loss("ppo_clip")) == "PPOClip()"
+    loss = build_policy_loss("clip_cov", clip_ratio=0.5, clip_cov_lb=-1.0, clip_cov_ub=2.0)
+    assert repr(loss) == "ClipCov(clip_ratio=0.5, clip_cov_lb=-1.0, clip_cov_ub=2.0)"
+
+
+@pytest.mark.parametrize("name", sorted(CMI_ESTIMATORS))
+def test_min_shape_is_the_estimators_own_minimum(name):
+    est = CMI_ESTIMATORS[name]
+    assert min_shape(name) == (est.min_k, est.min_m)
+    assert min_shape("jackknife") == (2, 2)
