@@ -257,7 +257,7 @@ def test_policy_loss_registry_validates():
         build_policy_loss("dpo")
     with pytest.raises(ValueError, match="no parameter 'ratio'"):
         build_policy_loss("clip_cov", ratio=0.1)
-    with pytest.raises(ValueError, match="coef"):
+    with pytest.raises(ValueError, match=r"^parameter 'coef' must be a number in \(0, inf\], got -1.0$"):
         build_policy_loss("entropy_bonus", coef=-1.0)
     with pytest.raises(ValueError, match="clip_cov_lb"):
         build_policy_loss("clip_cov", clip_cov_lb=5.0, clip_cov_ub=1.0)
