@@ -311,3 +311,84 @@ def test_kl_cov_log_ratio_is_clamped_at_plus_minus_20():
     torch.testing.assert_close(parts["ratio"], torch.tensor([[math.exp(20.0), math.exp(-20.0), 1.0]]))
     # All three tokens selected (ratio 1.0): −r·Â + |log r| with |log r| clamped to 20.
     torch.testing.assert_close(terms, torch.tensor([[-math.exp(20.0) + 20.0, math.exp(-20.0) + 20.0, 0.0]]))
+
+
+def test_token_covariance_centres_on_the_valid_tokens_only():
+    from eapo.core.losses import token_covariance
+
+    # Valid tokens 0, 1, 3 (mean Â = 2, mean log π = −1); token 2 is padding with values that would move the means.
+    adv = torch.tensor([[1.0, 2.0, 100.0, 3.0]])
+    logp = torch.tensor([[-2.0, -1.0, 50.0, 0.0]])
+    mask = torch.tensor([[True, True, False, True]])
+    cov = token_covariance(adv, logp, mask)
+    assert cov[0, :2].tolist() == [1.0, 0.0] and cov[0, 3].item() == 1.0
+    assert cov[0, 2].item() == -math.inf  # never selected
+    # One valid token: it is its own mean, covariance 0.
+    one = token_covariance(torch.tensor([[4.0, 9.0]]), torch.tensor([[-3.0, 1.0]]), torch.tensor([[True, False]]))
+    assert one.tolist() == [[0.0, -math.inf]]
+    # No valid token: all −inf, no division by zero.
+    none = token_covariance(torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[False]]))
+    assert none.tolist() == [[-math.inf]]
+
+
+def test_seq_mean_token_sum_norm_accepts_a_norm_length_of_one():
+    values, mask = torch.tensor([[1.0, 2.0], [4.0, 0.0]]), torch.tensor([[True, True], [True, False]])
+    total = AGGREGATIONS["seq_mean_token_sum_norm"].total(values, mask, 1)
+    assert total.item() == 3.0 + 4.0
+    with pytest.raises(ValueError):
+        AGGREGATIONS["seq_mean_token_sum_norm"].total(values, mask, 0)
+
+
+def test_clip_cov_validates_its_parameters_by_name():
+    from eapo.core.losses import build_policy_loss
+
+    assert build_policy_loss("clip_cov", clip_ratio=1.0).clip_ratio == 1.0
+    with pytest.raises(ValueError, match=r"^parameter 'clip_ratio' must be a number in \(0, 1.0\], got 1.5$"):
+        build_policy_loss("clip_cov", clip_ratio=1.5)
+    for key in ("clip_cov_lb", "clip_cov_ub"):
+        for bad in (True, "1", math.inf, math.nan):
+            with pytest.raises(ValueError, match=rf"^parameter '{key}' must be a finite number, got "):
+                build_policy_loss("clip_cov", **{key: bad})
+    with pytest.raises(ValueError, match=r"^clip_cov_lb \(2.0\) must be < clip_cov_ub \(2.0\)$"):
+        build_policy_loss("clip_cov", clip_cov_lb=2.0, clip_cov_ub=2.0)
+    assert build_policy_loss("clip_cov", clip_cov_lb=-1, clip_cov_ub=0).params["clip_cov_lb"] == -1.0
+
+
+def test_clip_cov_bounds_are_exclusive_and_at_least_one_token_is_taken():
+    from eapo.core.losses import build_policy_loss
+
+    logp, old, adv, mask = _cov_example()  # cov = [3, 0, 0, 3], token 3 PPO-clipped
+    gen = torch.Generator().manual_seed(0)
+    at_lb = build_policy_loss("clip_cov", clip_cov_lb=3.0, clip_cov_ub=5.0)(logp, old, adv, mask, generator=gen)
+    at_ub = build_policy_loss("clip_cov", clip_cov_lb=1.0, clip_cov_ub=3.0)(logp, old, adv, mask, generator=gen)
+    assert not at_lb[1]["selected"].any() and not at_ub[1]["selected"].any()
+    # Four eligible tokens on-policy, clip_ratio·N < 1: exactly one is taken, not two.
+    adv4 = torch.tensor([[2.0, 2.0, -2.0, -2.0]])
+    lp4 = torch.tensor([[-0.2, -0.2, -2.2, -2.2]])  # cov = 2 everywhere
+    sel = build_policy_loss("clip_cov")(lp4, lp4, adv4, mask, generator=gen)[1]["selected"]
+    assert int(sel.sum()) == 1
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "clip_cov", "kl_cov", "entropy_bonus"])
+@pytest.mark.parametrize("bad", ["logp", "old_logp", "adv_tokens", "mask", "ref_logp", "entropy"])
+def test_a_named_loss_refuses_any_argument_of_another_shape(name, bad):
+    from eapo.core.losses import build_policy_loss
+
+    args = {k: torch.zeros(1, 3) for k in ("logp", "old_logp", "adv_tokens", "ref_logp", "entropy")}
+    args["mask"] = torch.ones(1, 3, dtype=torch.bool)
+    args[bad] = args[bad][:, :2]
+    with pytest.raises(ValueError, match=rf"^expected equal \[B, T\] shapes, got .*'{bad}': \(1, 2\)"):
+        build_policy_loss(name)(args["logp"], args["old_logp"], args["adv_tokens"], args["mask"],
+                                ref_logp=args["ref_logp"], kl_coef=0.1, entropy=args["entropy"])
+
+
+def test_positive_parameters_refuse_booleans_zero_and_values_above_their_bound():
+    from eapo.core.losses import build_policy_loss
+
+    for bad in (True, 0, 0.0, -1e-9, "0.5", 1.5):
+        with pytest.raises(ValueError, match=r"^parameter 'kl_cov_ratio' must be a number in \(0, 1.0\]"):
+            build_policy_loss("kl_cov", kl_cov_ratio=bad)
+    with pytest.raises(ValueError, match=r"^parameter 'ppo_kl_coef' must be a number in \(0, inf\], got 0$"):
+        build_policy_loss("kl_cov", ppo_kl_coef=0)
+    assert build_policy_loss("kl_cov", kl_cov_ratio=1).kl_cov_ratio == 1.0
+    assert build_policy_loss("kl_cov", ppo_kl_coef=1e9).ppo_kl_coef == 1e9  # no upper bound

@@ -29,3 +29,13 @@ def test_min_shape_is_the_estimators_own_minimum(name):
     est = CMI_ESTIMATORS[name]
     assert min_shape(name) == (est.min_k, est.min_m)
     assert min_shape("jackknife") == (2, 2)
+
+
+def test_unknown_name_reads_as_its_message_not_its_repr():
+    from eapo.core.registry import UnknownName
+
+    assert str(UnknownName("no such loss 'x'")) == "no such loss 'x'"
+    assert str(UnknownName()) == ""
+    with pytest.raises(UnknownName) as exc:
+        Registry("widget")["nope"]
+    assert str(exc.value) == exc.value.args[0] and not str(exc.value).startswith('"')

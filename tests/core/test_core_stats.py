@@ -80,3 +80,14 @@ def test_curve_summaries():
     assert curve_auc(steps, reward) == pytest.approx(1.5 / 3)
     assert steps_to_threshold(steps, reward, 0.5) == 1.0
     assert steps_to_threshold(steps, reward, 1.1) is None
+
+
+def test_pass_at_k_refuses_each_bad_argument_with_its_value():
+    with pytest.raises(ValueError, match=r"^need n >= 1 and k >= 1, got n=0, k=1$"):
+        pass_at_k(0, 0, 1)
+    with pytest.raises(ValueError, match=r"^need n >= 1 and k >= 1, got n=3, k=0$"):
+        pass_at_k(3, 1, 0)
+    with pytest.raises(ValueError, match=r"^c must be in \[0, n=4\], got -1$"):
+        pass_at_k(4, -1, 1)
+    with pytest.raises(ValueError, match=r"^c must be in \[0, n=4\], got 5$"):
+        pass_at_k(4, 5, 1)
