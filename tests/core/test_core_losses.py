@@ -392,3 +392,16 @@ def test_positive_parameters_refuse_booleans_zero_and_values_above_their_bound()
         build_policy_loss("kl_cov", ppo_kl_coef=0)
     assert build_policy_loss("kl_cov", kl_cov_ratio=1).kl_cov_ratio == 1.0
     assert build_policy_loss("kl_cov", ppo_kl_coef=1e9).ppo_kl_coef == 1e9  # no upper bound
+
+
+def test_policy_loss_reports_the_kl_with_the_same_aggregation_and_length_as_the_loss():
+    logp = torch.tensor([[-1.0, -2.0, -1.5], [-0.5, -1.0, -3.0]])
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    loss, metrics = policy_loss(logp, logp.detach(), adv, mask, agg="seq_mean_token_sum_norm", norm_len=8,
+                                ref_logp=ref, kl_coef=0.5)
+    k3 = k3_kl(logp, ref)
+    want_kl = aggregate(k3, mask, "seq_mean_token_sum_norm", 8)
+    assert metrics["kl"] == pytest.approx(float(want_kl))
+    assert float(loss) == pytest.approx(metrics["pg_loss"] + 0.5 * metrics["kl"], rel=1e-6)

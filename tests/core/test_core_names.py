@@ -39,3 +39,29 @@ def test_unknown_name_reads_as_its_message_not_its_repr():
     with pytest.raises(UnknownName) as exc:
         Registry("widget")["nope"]
     assert str(exc.value) == exc.value.args[0] and not str(exc.value).startswith('"')
+
+
+def test_registry_pop_removes_and_returns_or_gives_the_default():
+    reg: Registry[int] = Registry("widget")
+    reg.register("a")(1)
+    assert reg.pop("b", 7) == 7 and reg.pop("b", None) is None
+    assert reg.pop("a", 7) == 1 and "a" not in reg
+    with pytest.raises(KeyError):
+        reg.pop("a")
+
+
+def test_eapo_parameters_are_checked_by_name():
+    from eapo.core.weighting import build_weighting
+
+    for kw, name in (({"alpha": 1.5}, "alpha"), ({"alpha": 0.5, "phi": -1.0}, "phi"),
+                     ({"alpha": 0.5, "alpha_neg": 2.0}, "alpha_neg")):
+        with pytest.raises(ValueError, match=rf"^parameter '{name}' must be in \["):
+            build_weighting("eapo", **kw)
+    with pytest.raises(ValueError, match=r"^parameter 'phi' must be in \[0.0, inf\), got inf$"):
+        build_weighting("eapo", alpha=0.5, phi=float("inf"))
+    assert build_weighting("eapo", alpha=0.5, phi=1e30).phi == 1e30
+
+
+def test_build_policy_loss_does_not_take_self_as_a_parameter():
+    with pytest.raises(ValueError, match=r"has no parameter 'self'"):
+        build_policy_loss("kl_cov", self=1)

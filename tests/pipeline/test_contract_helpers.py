@@ -191,12 +191,21 @@ def test_scalar_view_drops_list_columns_keeps_plain_strings_and_adds_derived_col
     assert "response_ids" not in frame.columns and "logprobs" not in frame.columns
     assert frame["prompt_id"].dtype == object and frame["prompt_id"].tolist() == ["p", "q"]
     assert frame["n_response_ids"].tolist() == [3, 1] and frame["n_prompt_ids"].tolist() == [2, 5]
+    assert frame["n_tokens"].dtype == np.int32  # only string columns become object
     no_derive = scalar_view(t, CONTRACTS["samples"], None)
     assert list(no_derive.columns) == ["prompt_id", "n_tokens"]
     lt = pa.table({"a": pa.array([1], pa.int8()), "xs": pa.array([[1]], pa.large_list(pa.int8()))})
     assert list(scalar_view(lt, CONTRACTS["samples"], None).columns) == ["a"]
     st = pa.table({"s": pa.array(["x"], pa.large_string())})
     assert scalar_view(st, CONTRACTS["samples"], None)["s"].dtype == object
+
+
+def test_scalar_view_derives_with_the_lineage_it_is_given():
+    t = pa.table({"entropy": pa.array([1.0, 0.25], pa.float32()), "advantage": pa.array([0.5, -0.5], pa.float32()),
+                  "quadrant": ["pos_high", "neg_low"]})
+    lin = Lineage(stage="annotate", params={}, extra={"tau": 0.5})
+    assert scalar_view(t, CONTRACTS["tokens"], lin)["expected_quadrant"].tolist() == ["pos_high", "neg_low"]
+    assert set(scalar_view(t, CONTRACTS["tokens"], None)["expected_quadrant"]) == {"<no tau in lineage>"}
 
 
 def test_plain_turns_numpy_scalars_and_tuples_of_them_into_python_values():
