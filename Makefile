@@ -71,9 +71,10 @@ MUTATE_TARGETS ?= 'eapo.core.*' \
   'eapo.trainer.x_loss_denominator_*' 'eapo.trainer.x_derive_seed_*' 'eapo.trainer.x_step_prompt_indices_*' \
   'eapo.trainer.x__warmup_*' 'eapo.trainer.x__global_norm_*' 'eapo.trainer.x__per_token_*' \
   'eapo.trainer.x__all_sum_*' 'eapo.trainer.x__step_sums_*' 'eapo.trainer.x*StepSums*' 'eapo.trainer.x*StepRow*'
+MUTATE_CHILDREN ?= 2
 mutate: install
 	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) -e '.[mutate]' || $(PY) -m pip install -q -e '.[mutate]'
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mutmut run --max-children 1 $(MUTATE_TARGETS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(MUTATE_TARGETS)
 	$(PY) tests/mutation_score.py $(MUTATE_TARGETS)
 
 lint: install
