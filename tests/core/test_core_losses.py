@@ -405,3 +405,27 @@ def test_policy_loss_reports_the_kl_with_the_same_aggregation_and_length_as_the_
     want_kl = aggregate(k3, mask, "seq_mean_token_sum_norm", 8)
     assert metrics["kl"] == pytest.approx(float(want_kl))
     assert float(loss) == pytest.approx(metrics["pg_loss"] + 0.5 * metrics["kl"], rel=1e-6)
+
+
+def test_aggregate_defaults_to_token_mean_and_refuses_other_shapes():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    assert aggregate(values, mask).item() == 1.0  # one valid token: its value, not half of it
+    assert aggregate(values, mask) == aggregate(values, mask, "token_mean")
+    assert aggregate(values, mask, "seq_mean_token_mean").item() == 1.0
+    v3 = values.reshape(1, 2, 3)
+    with pytest.raises(ValueError, match=r"^expected values and mask of equal shape \[B, T\], got \(1, 2, 3\), "
+                                         r"\(1, 2, 3\)$"):
+        aggregate(v3, mask.reshape(1, 2, 3))
+    with pytest.raises(ValueError, match=r"got \(2, 3\), \(3, 2\)$"):
+        aggregate(values, mask.reshape(3, 2))
+
+
+@pytest.mark.parametrize("bad", ["logp", "old_logp", "adv_tokens", "mask", "ref_logp"])
+def test_policy_loss_terms_refuses_any_argument_of_another_shape(bad):
+    args = {k: torch.zeros(1, 3) for k in ("logp", "old_logp", "adv_tokens", "ref_logp")}
+    args["mask"] = torch.ones(1, 3, dtype=torch.bool)
+    args[bad] = args[bad][:, :2]
+    with pytest.raises(ValueError, match=rf"^expected equal \[B, T\] shapes, got .*'{bad}': \(1, 2\)"):
+        policy_loss_terms(args["logp"], args["old_logp"], args["adv_tokens"], args["mask"], ref_logp=args["ref_logp"],
+                          kl_coef=0.1)
