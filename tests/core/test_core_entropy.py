@@ -171,3 +171,17 @@ def test_bad_inputs_raise():
         logprob_entropy_from_logits(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError):
         logprob_entropy_from_logits(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), chunk_size=0)
+
+
+def test_chunk_size_one_is_valid_and_zero_is_refused_with_its_value():
+    hidden, weight = torch.randn(3, 4), torch.randn(5, 4)
+    targets = torch.tensor([0, 4, 2])
+    logp, ent = logprob_entropy_from_hidden(hidden, weight, targets, chunk_size=1)
+    ref_logp, ref_ent = naive_logprob_entropy(hidden @ weight.T, targets)
+    assert torch.allclose(logp, ref_logp, atol=1e-6) and torch.allclose(ent, ref_ent, atol=1e-6)
+    logits = hidden @ weight.T
+    assert torch.allclose(logprob_entropy_from_logits(logits, targets, chunk_size=1)[0], ref_logp, atol=1e-6)
+    for fn, args in ((logprob_entropy_from_hidden, (hidden, weight, targets)),
+                     (logprob_entropy_from_logits, (logits, targets))):
+        with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
+            fn(*args, chunk_size=0)
