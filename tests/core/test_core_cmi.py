@@ -237,3 +237,40 @@ def test_miller_madow_corrects_only_occupied_binary_bins_and_vectorises():
     # Vectorised over leading dimensions (bootstrap resamples): each row of counts is its own estimate.
     batch = np.array([list(c) for c in cases])
     assert mm(batch, 2).tolist() == pytest.approx(list(cases.values()), abs=1e-12)
+
+
+def test_cmi_inputs_are_validated_with_their_shape_or_range():
+    assert cmi_estimate([0.3]) == 0.0  # one alternative: valid, no information
+    assert cmi_estimate([[0.2, 0.8]]) == cmi_estimate([0.2, 0.8])
+    with pytest.raises(ValueError, match=r"^cmi_estimate needs at least one alternative$"):
+        cmi_estimate([])
+    # Outcomes: a non-empty [K, M] 0/1 matrix; one row or one column is enough for the plug-in estimator.
+    assert cmi_from_outcomes([[1, 0, 1]], estimator="plugin") == 0.0
+    assert cmi_from_outcomes([[1], [0]], estimator="plugin") == pytest.approx(math.log(2))
+    for bad, shape in (([1, 0], r"\(2,\)"), (np.zeros((0, 3)), r"\(0, 3\)"), (np.zeros((2, 0)), r"\(2, 0\)"),
+                       (np.zeros((1, 1, 1)), r"\(1, 1, 1\)")):
+        with pytest.raises(ValueError, match=rf"^outcomes must be a non-empty \[K, M\] array, got shape {shape}$"):
+            cmi_from_outcomes(bad, estimator="plugin")
+    with pytest.raises(ValueError, match=r"^outcomes must be 0/1$"):
+        cmi_from_outcomes([[1, 0.5], [0, 1]])
+    # Counts: integers in [0, M], flattened.
+    assert cmi_from_counts([[2, 0]], 2) == cmi_from_counts([2, 0], 2)
+    assert cmi_from_counts([0, 2], 2, "plugin") == pytest.approx(math.log(2))
+    for bad in ([], [-1, 2], [3, 0], [1.5, 0]):
+        with pytest.raises(ValueError, match=r"^counts must be a non-empty list of integers in \[0, M=2\]$"):
+            cmi_from_counts(bad, 2)
+
+
+def test_bootstrap_cmi_defaults_validation_and_every_alternative_drawn():
+    o = (np.random.default_rng(1).random((4, 6)) < 0.5).astype(int)
+    assert bootstrap_cmi(o) == bootstrap_cmi(o, n_boot=200, seed=0, ci=0.9)
+    assert bootstrap_cmi(o, n_boot=1)[0] == cmi_from_outcomes(o)
+    for ci in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^ci must be in \(0, 1\), got {ci}$"):
+            bootstrap_cmi(o, ci=ci)
+    with pytest.raises(ValueError, match=r"^n_boot must be >= 1, got 0$"):
+        bootstrap_cmi(o, n_boot=0)
+    # Two alternatives, one always right and one always wrong: resamples that draw both see CMI log 2, those that
+    # draw one twice see 0, so the interval has width; if the first alternative were never drawn it would be a point.
+    est, lo, hi = bootstrap_cmi([[1, 1], [0, 0]], n_boot=400, estimator="plugin")
+    assert est == pytest.approx(math.log(2)) and hi - lo > 0.1
