@@ -274,3 +274,12 @@ def test_bootstrap_cmi_defaults_validation_and_every_alternative_drawn():
     # draw one twice see 0, so the interval has width; if the first alternative were never drawn it would be a point.
     est, lo, hi = bootstrap_cmi([[1, 1], [0, 0]], n_boot=400, estimator="plugin")
     assert est == pytest.approx(math.log(2)) and hi - lo > 0.1
+
+
+def test_binary_entropy_refuses_non_probabilities_and_returns_a_float_for_a_scalar():
+    assert type(binary_entropy(0.5)) is float and binary_entropy(0.5) == pytest.approx(math.log(2))
+    assert type(binary_entropy(np.float64(0.25))) is float
+    assert isinstance(binary_entropy([0.5]), np.ndarray)
+    for bad in (-0.1, 1.1, math.nan, [0.5, math.nan], [0.2, -1e-9]):
+        with pytest.raises(ValueError, match=r"^binary_entropy needs probabilities in \[0, 1\]$"):
+            binary_entropy(bad)

@@ -185,3 +185,9 @@ def test_chunk_size_one_is_valid_and_zero_is_refused_with_its_value():
                      (logprob_entropy_from_logits, (logits, targets))):
         with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
             fn(*args, chunk_size=0)
+
+
+def test_naive_reference_gives_masked_vocabulary_entries_no_entropy():
+    logits = torch.tensor([[0.0, 0.0, -math.inf]])
+    logp, ent = naive_logprob_entropy(logits, torch.tensor([0]))
+    assert ent.item() == pytest.approx(math.log(2)) and logp.item() == pytest.approx(-math.log(2))

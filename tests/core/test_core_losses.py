@@ -429,3 +429,27 @@ def test_policy_loss_terms_refuses_any_argument_of_another_shape(bad):
     with pytest.raises(ValueError, match=rf"^expected equal \[B, T\] shapes, got .*'{bad}': \(1, 2\)"):
         policy_loss_terms(args["logp"], args["old_logp"], args["adv_tokens"], args["mask"], ref_logp=args["ref_logp"],
                           kl_coef=0.1)
+
+
+def test_ppo_clip_defaults_zero_clip_and_log_ratio_clamp():
+    from eapo.core.losses import _check_kl, build_policy_loss
+
+    logp = torch.tensor([[-0.5, -1.0, -1.0]])
+    old = torch.tensor([[-1.0, -1.0, -0.5]])  # r = [e^0.5, 1, e^-0.5]: both ends outside 1 ± 0.28
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    by_name, _ = build_policy_loss("ppo_clip")(logp, old, adv, mask)  # the defaults: ε_low 0.2, ε_high 0.28
+    torch.testing.assert_close(by_name, policy_loss_terms(logp, old, adv, mask, 0.2, 0.28))
+    torch.testing.assert_close(by_name, torch.tensor([[-1.28, -1.0, 0.8]]))
+    # ε = 0 is allowed (every off-policy token is clipped); a negative ε is not.
+    zero = policy_loss_terms(logp, old, adv, mask, 0.0, 0.0)
+    torch.testing.assert_close(zero, torch.tensor([[-1.0, -1.0, 1.0]]))
+    for lo, hi in ((-0.1, 0.2), (0.2, -0.1)):
+        with pytest.raises(ValueError):
+            policy_loss_terms(logp, old, adv, mask, lo, hi)
+    # Log-ratios beyond ±20 are clamped before exp (reported ratio e^±20).
+    far_lp, far_old = torch.tensor([[0.0, -30.0]]), torch.tensor([[-25.0, -5.0]])
+    _, parts = build_policy_loss("ppo_clip")(far_lp, far_old, torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool))
+    torch.testing.assert_close(parts["ratio"], torch.tensor([[math.exp(20.0), math.exp(-20.0)]]))
+    with pytest.raises(ValueError, match=r"^kl_coef > 0 needs ref_logp$"):
+        _check_kl(0.1, None)
