@@ -541,3 +541,17 @@ def test_grade_failure_reasons_in_process():
     assert grade(r"\boxed{9^9^9}", "y", opts)[3] == "answer_too_complex"
     assert grade("It is 5", "5", ended=False) == (0.0, None, "none", "no_answer")
     assert grade("It\x00 is 5", "5") == (1.0, "5", "last_number", None)
+
+
+def test_sentence_and_computation_edge_cases():
+    from eapo.reward import _answer_candidate, _final_sentence, _is_computation, _last_number, _sentence_end
+
+    assert _sentence_end("MAX value. Next") == 9  # only . ! ? end a sentence
+    assert _is_computation("5") and not _is_computation("y \\times 4")
+    assert _answer_candidate(" is 5\nand 6\nand 7") == "5"  # the first line after "answer" only
+    assert _answer_candidate(" is " + "9" * 200) == "9" * 200  # the bound is inclusive
+    assert _answer_candidate(" is seven apples") == "seven apples"  # two words are not yet prose
+    assert _final_sentence("one\ntwo\nthree 3") == "three 3"
+    assert _final_sentence("Answer is X") == "Answer is X"
+    assert _final_sentence("! 5") == "5"
+    assert _last_number("Then 3 = 1 + 2 = 3") == "3"  # the value after the last "="

@@ -65,3 +65,34 @@ def test_eapo_parameters_are_checked_by_name():
 def test_build_policy_loss_does_not_take_self_as_a_parameter():
     with pytest.raises(ValueError, match=r"has no parameter 'self'"):
         build_policy_loss("kl_cov", self=1)
+
+
+def test_weighting_checks_shapes_and_real_parameters_and_keeps_a_float_dtype():
+    import torch
+
+    from eapo.core.weighting import build_weighting
+
+    with pytest.raises(ValueError, match=r"^parameter 'alpha' must be a real number, got '0.5'$"):
+        build_weighting("eapo", alpha="0.5")
+    w = build_weighting("eapo", alpha=0.5)
+    h, a = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, -1.0])
+    ids, mask = torch.tensor([0, 0, 1]), torch.ones(3, dtype=torch.bool)
+    for bad_ids, bad_mask in ((ids[:2], mask), (ids, mask[:2])):
+        with pytest.raises(ValueError, match=r"^entropy \(3,\), seq_ids \(\d,\) and mask \(\d,\) must have the same "
+                                             r"shape$"):
+            w(h, a, bad_ids, bad_mask, None)
+    assert w(h, a, ids, mask, None).dtype == torch.float32
+    assert w(h.double(), a, ids, mask, None).dtype == torch.float64
+    assert w(h.to(torch.bfloat16), a, ids, mask, None).dtype == torch.float32
+    assert w(torch.tensor([1, 2, 3]), a, ids, mask, None).dtype == torch.float32
+
+
+def test_entropy_threshold_names_mismatched_shapes_and_reads_half_precision():
+    import torch
+
+    from eapo.core.quadrants import entropy_threshold
+
+    with pytest.raises(ValueError, match=r"^mask \(2,\) does not match entropy \(3,\)$"):
+        entropy_threshold(torch.ones(3), torch.ones(2, dtype=torch.bool), 0.5)
+    h = torch.tensor([0.5, 3.0, 1.0, 2.0])
+    assert entropy_threshold(h.to(torch.bfloat16), None, 0.5) == entropy_threshold(h, None, 0.5) == 2.0
