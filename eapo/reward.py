@@ -444,7 +444,8 @@ def _final_sentence(text: str) -> str | None:
         end -= 1
     body = line[:end]
     start = 0
-    lowest = max(len(body) - MAX_FINAL_SENTENCE_CHARS - 1, 0)
+    # A final sentence of exactly MAX_FINAL_SENTENCE_CHARS follows the space at len(body) - MAX - 1: reach it.
+    lowest = max(len(body) - MAX_FINAL_SENTENCE_CHARS - 2, 0)
     for i in range(len(body) - 1, lowest, -1):
         if body[i - 1] in ".!?" and body[i].isspace():
             start = i

@@ -12,6 +12,22 @@ import pytest
 
 import eapo  # noqa: F401  (telemetry off)
 
+if "MUTANT_UNDER_TEST" in os.environ:
+    # Under mutmut (`make mutate`) every mutant's tests run in a child forked from a process that collected them.
+    # Whatever the tests import lazily is imported again in each child: sympy (math-verify's grader, torch's
+    # gradcheck) and torch._dynamo (a TorchDispatchMode) cost ~3-4 s a mutant each. Import them once, before the fork.
+    import math_verify  # noqa: F401
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    torch.autograd.gradcheck(lambda z: z.softmax(-1), (torch.ones(1, 2, dtype=torch.float64, requires_grad=True),))
+    with _Passthrough():
+        torch.ones(1, dtype=torch.bfloat16).float().sum()
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT.parent / "shared" / "data" / "benchmarks"
 

@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,3 +306,154 @@ def test_step_sums_are_summed_over_ranks_by_name():
         StepRow.of(0, "v", one, upd, world=1, **kw), tokens=24, count={"pos_high": 2, "pos_low": 4, "neg_high": 6,
                                                                        "neg_low": 0}, tokens_per_s=12.0)
     assert one.summed(type("OneRank", (), {"num_processes": 1})()) is one
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop's pure per-step helpers, on hand-made inputs (no model)
+
+
+def test_step_sums_of_one_rank_from_samples_rewards_and_annotation():
+    from eapo.sampler import Sample
+
+    def smp(n: int) -> Sample:
+        return Sample(0, 0, [1], list(range(n)), [-1.0] * n, [0.5] * n, [0.5] * n, "eos")
+
+    samples = [smp(2), smp(1), smp(3), smp(0)]
+    # Two groups of two: (1, 0) has contrast, (0.5, 0.5) has none; only reward exactly 1 is correct.
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    entropy = torch.tensor([0.25, 0.5, 1.0, 2.0, 0.125, 0.125])
+    quads = ("pos_high", "pos_low", "neg_high", "neg_low")
+    ann = dataclasses.make_dataclass("Ann", ["quadrants", "weighted_quadrants"])(
+        {q: {"count": i + 1, "grad_mass": 0.5 * i} for i, q in enumerate(quads)},
+        {q: {"count": i + 1, "grad_mass": 2.0 * i} for i, q in enumerate(quads)})
+    upd = {"loss": 0.75, "tokens": 12.0, "clipped": 3.0, "approx_kl": 0.125, "grad_norm": 9.0, "n_opt": 2}
+    s = trainer_mod._step_sums(samples, rewards, entropy, ann, upd, 2, 17.0)
+    assert dataclasses.asdict(s) == dict(
+        responses=4, reward=2.0, correct=1.0, entropy=4.0, tokens=6.0, groups=2, mixed_groups=1.0,
+        sampled_tokens=17.0, loss=0.75, update_tokens=12.0, clipped=3.0, approx_kl=0.125,
+        counts=[1, 2, 3, 4], grad_mass=[0.0, 0.5, 1.0, 1.5], weighted_grad_mass=[0.0, 2.0, 4.0, 6.0])
+    # Groups are consecutive runs of group_size: as one group of four, that group has contrast.
+    one_group = trainer_mod._step_sums(samples, rewards, entropy, ann, upd, 4, 17.0)
+    assert (one_group.groups, one_group.mixed_groups) == (1, 1.0)
+
+
+def test_step_row_ratios_are_zero_where_undefined_and_tau_is_kept_when_finite():
+    from eapo.trainer import StepRow, StepSums
+
+    empty = StepSums(**{**SUMS, "entropy": 0.0, "tokens": 0.0, "update_tokens": 0.0, "clipped": 0.0,
+                        "approx_kl": 0.0, "groups": 0, "mixed_groups": 0.0, "grad_mass": [0.0] * 4,
+                        "sampled_tokens": 0.0})
+    row = StepRow.of(1, "v", empty, {"n_opt": 0, "grad_norm": 0.0}, world=1, lr=0.5, tau=2.5,
+                     sample_seconds=0.0, seconds=0.0)
+    assert (row.entropy_mean, row.clip_frac, row.approx_kl, row.mixed_groups, row.tokens_per_s) == (0, 0, 0, 0, 0)
+    assert row.grad_share == {q: 0.0 for q in ("pos_high", "pos_low", "neg_high", "neg_low")}
+    # n_opt 0 (no update) divides by 1, not by 0; a finite τ is reported as is.
+    assert row.loss == SUMS["loss"] and row.grad_norm == 0.0 and row.tau == 2.5 and row.lr == 0.5
+    assert row.response_length == 0.0 and row.tokens == 0
+    # Every ratio of the row with its own numerator and denominator (world 4: only the loss is divided by it).
+    s = StepSums(**{**SUMS, "loss": 6.0, "clipped": 3.0, "approx_kl": 1.5, "update_tokens": 12.0,
+                    "sampled_tokens": 30.0, "groups": 4, "mixed_groups": 3.0, "tokens": 10.0, "entropy": 5.0})
+    r = StepRow.of(2, 7, s, {"n_opt": 3, "grad_norm": 6.0}, world=4, lr=1.0, tau=-1.0, sample_seconds=3.0,
+                   seconds=1.0)
+    assert r.variant == "7" and r.step == 2
+    assert r.loss == pytest.approx(0.5) and r.grad_norm == 2.0 and r.clip_frac == 0.25 and r.approx_kl == 0.125
+    assert r.mixed_groups == 0.75 and r.entropy_mean == 0.5 and r.response_length == 2.5
+    assert r.tokens_per_s == 10.0 and r.tau == -1.0 and r.tokens == 10
+    assert r.grad_share == {"pos_high": 0.25, "pos_low": 0.25, "neg_high": 0.5, "neg_low": 0.0}
+    assert StepRow.of(0, "v", s, {"n_opt": 1, "grad_norm": 1.0}, world=1, lr=1.0, tau=math.nan,
+                      sample_seconds=1.0, seconds=1.0).tau == 0.0
+
+
+def test_step_row_as_dict_has_python_scalars_and_refuses_a_row_that_lost_a_column():
+    from eapo.trainer import StepRow, StepSums
+
+    row = StepRow.of(3, "v", StepSums(**SUMS), {"n_opt": 2, "grad_norm": 3.0}, world=1, lr=1e-3, tau=1.0,
+                     sample_seconds=2.0, seconds=5.0)
+    d = row.as_dict()
+    assert type(d["tokens"]) is int and type(d["count_pos_high"]) is int and type(d["loss"]) is float
+    assert type(dataclasses.replace(row, lr=np.float32(0.5)).as_dict()["lr"]) is np.float32  # only floats cast
+    assert type(dataclasses.replace(row, loss=1).as_dict()["loss"]) is int
+
+    @dataclasses.dataclass(frozen=True)
+    class Extra(StepRow):
+        extra: float = 0.0
+
+    with pytest.raises(AssertionError, match="differ from the steps contract"):
+        Extra(**dataclasses.asdict(row)).as_dict()
+
+
+def test_step_sums_flat_lists_scalars_then_each_quadrant_in_field_order():
+    from eapo.trainer import StepSums
+
+    flat = StepSums(**SUMS).flat()
+    assert flat == [4, 2.0, 1.0, 6.0, 12.0, 2, 1.0, 12.0, 0.5, 24.0, 6.0, 0.24, 1, 2, 3, 0,
+                    1.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_all_sum_is_the_identity_on_one_process_and_a_float64_sum_reduce_otherwise():
+    one = type("One", (), {"num_processes": 1})()
+    vals = [3, 1.5]
+    assert trainer_mod._all_sum(vals, one) is vals
+
+    class Two:
+        num_processes, device = 2, "cpu"
+
+        def reduce(self, t, reduction):
+            assert reduction == "sum" and t.dtype == torch.float64 and str(t.device) == "cpu"
+            return t * 2
+
+    assert trainer_mod._all_sum([3, 1.5], Two()) == [6.0, 3.0]
+
+
+def test_derive_seed_is_stable_63_bit_and_order_sensitive():
+    import hashlib
+
+    s = trainer_mod.derive_seed(0, 1, "sample")
+    digest = hashlib.sha256(b"eapo.train:0:1:sample").digest()
+    assert s == int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    assert 0 <= s < 2 ** 63
+    assert trainer_mod.derive_seed(1, 0, "sample") != s and trainer_mod.derive_seed(0, 1, "loss") != s
+    # Across processes and Python versions: a fixed value (sha256, no hash randomisation).
+    assert trainer_mod.derive_seed(0) == int.from_bytes(hashlib.sha256(b"eapo.train:0").digest()[:8],
+                                                        "little") & ((1 << 63) - 1)
+    assert max(trainer_mod.derive_seed(i) for i in range(64)) >= 2 ** 62  # the 63rd bit is used
+
+
+def test_step_prompt_indices_walk_a_fresh_permutation_per_epoch():
+    n, p = 5, 3
+    steps = [trainer_mod.step_prompt_indices(n, p, 7, s) for s in range(5)]
+    assert all(len(s) == p for s in steps)
+    flat = [i for s in steps for i in s]
+    for epoch in range(3):
+        assert sorted(flat[epoch * n:(epoch + 1) * n]) == list(range(n))
+        perm = np.random.default_rng([7, epoch]).permutation(n).tolist()
+        assert flat[epoch * n:(epoch + 1) * n] == perm
+    assert trainer_mod.step_prompt_indices(n, p, 7, 1) == flat[3:6]
+    assert trainer_mod.step_prompt_indices(n, p, 8, 0) != steps[0] or \
+        trainer_mod.step_prompt_indices(n, p, 8, 1) != steps[1]
+
+
+def test_warmup_is_linear_over_the_warmup_steps_then_one():
+    f = trainer_mod._warmup(4)
+    assert [f(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [trainer_mod._warmup(0)(s) for s in (0, 3)] == [1.0, 1.0]
+    assert trainer_mod._warmup(-2)(0) == 1.0
+    assert trainer_mod._warmup(1)(0) == 1.0
+
+
+def test_global_norm_is_the_norm_of_all_elements_together():
+    ts = [torch.tensor([3.0]), torch.tensor([[4.0, 0.0], [0.0, 12.0]], dtype=torch.float16)]
+    assert trainer_mod._global_norm(ts) == pytest.approx(13.0)
+    assert trainer_mod._global_norm([]) == 0.0
+    assert math.isinf(trainer_mod._global_norm([torch.tensor([math.inf, 1.0])]))
+
+
+def test_per_token_flattens_one_statistic_over_the_batch_in_order():
+    from eapo.sampler import Sample
+
+    a = Sample(0, 0, [1], [5, 6], [-0.5, -1.5], [0.25, 2.0], [0.5, 0.75], "eos")
+    b = Sample(0, 1, [1], [7], [-2.5], [1.0], [0.125], "length")
+    e = Sample(1, 0, [1], [], [], [], [], "eos")
+    out = trainer_mod._per_token([a, e, b], "entropies")
+    assert out.dtype == torch.float32 and out.tolist() == [0.25, 2.0, 1.0]
+    assert trainer_mod._per_token([a, b], "logprobs").tolist() == [-0.5, -1.5, -2.5]

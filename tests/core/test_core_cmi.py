@@ -167,13 +167,49 @@ def test_bootstrap_interval_covers_the_truth_at_the_nominal_rate():
 
 
 def test_stratified_mean_difference():
-    d, lo, hi = stratified_mean_difference([0.3, 0.2, 0.25, 0.35], [0.0, 0.05, -0.05, 0.0], n_boot=500, seed=0)
-    assert d == pytest.approx(0.275)
+    # The low group's mean is not 0, so mean(high) - mean(low) is told apart from mean(high) + mean(low).
+    d, lo, hi = stratified_mean_difference([0.3, 0.2, 0.25, 0.35], [0.1, 0.15, 0.05, 0.1], n_boot=500, seed=0)
+    assert d == pytest.approx(0.175)
     assert 0 < lo <= d <= hi
     d0, lo0, hi0 = stratified_mean_difference([0.1, -0.1, 0.05], [0.0, 0.1, -0.05], n_boot=500, seed=0)
     assert lo0 < 0 < hi0
-    with pytest.raises(ValueError):
-        stratified_mean_difference([], [0.1])
+
+
+def test_stratified_mean_difference_interval_matches_the_normal_approximation():
+    """Large groups: the percentile interval of the difference is close to d ± z·sqrt(s_h²/n_h + s_l²/n_l), with the
+    two groups resampled separately (a different size and spread each) and both ends symmetric about d."""
+    rng = np.random.default_rng(0)
+    high, low = rng.normal(0.5, 0.2, 400), rng.normal(0.2, 0.1, 100)
+    se = math.sqrt(high.var(ddof=1) / high.size + low.var(ddof=1) / low.size)
+    for ci, z in ((0.9, 1.6449), (0.5, 0.6745)):
+        d, lo, hi = stratified_mean_difference(high, low, n_boot=4000, seed=1, ci=ci)
+        assert d == pytest.approx(high.mean() - low.mean(), abs=1e-12)
+        assert (hi - lo) / 2 == pytest.approx(z * se, rel=0.08)
+        assert (lo + hi) / 2 == pytest.approx(d, abs=0.1 * se)
+
+
+def test_stratified_mean_difference_flattens_validates_and_is_seeded():
+    # Constant groups: no spread, the interval is the point; one value per group is enough.
+    assert stratified_mean_difference([0.5], [0.25], n_boot=1) == (0.25, 0.25, 0.25)
+    assert stratified_mean_difference([[0.5, 0.5], [0.5, 0.5]], [0.25] * 3, n_boot=10) == (0.25, 0.25, 0.25)
+    # Every position of each group can be drawn: the first one too.
+    assert stratified_mean_difference([1.0, 0.0], [0.0], n_boot=200) == (0.5, 0.0, 1.0)
+    assert stratified_mean_difference([0.0], [1.0, 0.0], n_boot=200) == (-0.5, -1.0, 0.0)
+    grid = [[0.1, 0.4], [0.2, 0.9]]
+    assert stratified_mean_difference(grid, [0.0, 0.3], n_boot=50) == \
+        stratified_mean_difference([0.1, 0.4, 0.2, 0.9], [0.0, 0.3], n_boot=50)
+    # The defaults (n_boot 2000, seed 0) make the interval reproducible; another seed moves it.
+    h, lw = [0.3, 0.1, 0.5, 0.2, 0.9], [0.0, 0.2, 0.1, 0.4]
+    assert stratified_mean_difference(h, lw) == stratified_mean_difference(h, lw, n_boot=2000, seed=0)
+    assert stratified_mean_difference(h, lw, seed=3) == stratified_mean_difference(h, lw, seed=3)
+    assert stratified_mean_difference(h, lw, seed=3) != stratified_mean_difference(h, lw, seed=4)
+    assert stratified_mean_difference(h, lw, n_boot=2001) != stratified_mean_difference(h, lw)
+    for high, low in (([], [0.1]), ([0.1], []), ([], [])):
+        with pytest.raises(ValueError, match=r"^both groups need at least one value, got \d and \d$"):
+            stratified_mean_difference(high, low)
+    for ci, n_boot in ((0.0, 10), (1.0, 10), (1.5, 10), (0.9, 0), (-0.1, 10)):
+        with pytest.raises(ValueError, match=r"^need ci in \(0, 1\) and n_boot >= 1, got "):
+            stratified_mean_difference([0.1], [0.2], ci=ci, n_boot=n_boot)
 
 
 def test_bootstrap_is_seeded_and_validates():
@@ -183,3 +219,67 @@ def test_bootstrap_is_seeded_and_validates():
         bootstrap_cmi(np.full((2, 2), 0.5))
     with pytest.raises(ValueError):
         cmi_from_outcomes(np.zeros((0, 3)))
+
+
+def test_miller_madow_corrects_only_occupied_binary_bins_and_vectorises():
+    """(occupied bins − 1)/(2n) per binary entropy: a count of 0 or of all n has one occupied bin, no correction."""
+    mm = CMI_ESTIMATORS["miller_madow"]
+    log2, hq = math.log(2), float(binary_entropy(0.25))
+    cases = {
+        (0, 0): 0.0,  # nothing occupied twice: no correction anywhere
+        (2, 2): 0.0,  # all successes: the same
+        (2, 0): log2 + 1 / 8,  # pooled 1/2 corrected (n = 4); rows deterministic
+        (1, 0): hq + 1 / 8 - (log2 + 1 / 4) / 2,  # pooled 1/4 (total 1 counts); one row 1/2 corrected (m = 2)
+        (1, 1): -1 / 8,
+    }
+    for counts, want in cases.items():
+        assert float(mm(np.array(counts), 2)) == pytest.approx(want, abs=1e-12), counts
+    # Vectorised over leading dimensions (bootstrap resamples): each row of counts is its own estimate.
+    batch = np.array([list(c) for c in cases])
+    assert mm(batch, 2).tolist() == pytest.approx(list(cases.values()), abs=1e-12)
+
+
+def test_cmi_inputs_are_validated_with_their_shape_or_range():
+    assert cmi_estimate([0.3]) == 0.0  # one alternative: valid, no information
+    assert cmi_estimate([[0.2, 0.8]]) == cmi_estimate([0.2, 0.8])
+    with pytest.raises(ValueError, match=r"^cmi_estimate needs at least one alternative$"):
+        cmi_estimate([])
+    # Outcomes: a non-empty [K, M] 0/1 matrix; one row or one column is enough for the plug-in estimator.
+    assert cmi_from_outcomes([[1, 0, 1]], estimator="plugin") == 0.0
+    assert cmi_from_outcomes([[1], [0]], estimator="plugin") == pytest.approx(math.log(2))
+    for bad, shape in (([1, 0], r"\(2,\)"), (np.zeros((0, 3)), r"\(0, 3\)"), (np.zeros((2, 0)), r"\(2, 0\)"),
+                       (np.zeros((1, 1, 1)), r"\(1, 1, 1\)")):
+        with pytest.raises(ValueError, match=rf"^outcomes must be a non-empty \[K, M\] array, got shape {shape}$"):
+            cmi_from_outcomes(bad, estimator="plugin")
+    with pytest.raises(ValueError, match=r"^outcomes must be 0/1$"):
+        cmi_from_outcomes([[1, 0.5], [0, 1]])
+    # Counts: integers in [0, M], flattened.
+    assert cmi_from_counts([[2, 0]], 2) == cmi_from_counts([2, 0], 2)
+    assert cmi_from_counts([0, 2], 2, "plugin") == pytest.approx(math.log(2))
+    for bad in ([], [-1, 2], [3, 0], [1.5, 0]):
+        with pytest.raises(ValueError, match=r"^counts must be a non-empty list of integers in \[0, M=2\]$"):
+            cmi_from_counts(bad, 2)
+
+
+def test_bootstrap_cmi_defaults_validation_and_every_alternative_drawn():
+    o = (np.random.default_rng(1).random((4, 6)) < 0.5).astype(int)
+    assert bootstrap_cmi(o) == bootstrap_cmi(o, n_boot=200, seed=0, ci=0.9)
+    assert bootstrap_cmi(o, n_boot=1)[0] == cmi_from_outcomes(o)
+    for ci in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^ci must be in \(0, 1\), got {ci}$"):
+            bootstrap_cmi(o, ci=ci)
+    with pytest.raises(ValueError, match=r"^n_boot must be >= 1, got 0$"):
+        bootstrap_cmi(o, n_boot=0)
+    # Two alternatives, one always right and one always wrong: resamples that draw both see CMI log 2, those that
+    # draw one twice see 0, so the interval has width; if the first alternative were never drawn it would be a point.
+    est, lo, hi = bootstrap_cmi([[1, 1], [0, 0]], n_boot=400, estimator="plugin")
+    assert est == pytest.approx(math.log(2)) and hi - lo > 0.1
+
+
+def test_binary_entropy_refuses_non_probabilities_and_returns_a_float_for_a_scalar():
+    assert type(binary_entropy(0.5)) is float and binary_entropy(0.5) == pytest.approx(math.log(2))
+    assert type(binary_entropy(np.float64(0.25))) is float
+    assert isinstance(binary_entropy([0.5]), np.ndarray)
+    for bad in (-0.1, 1.1, math.nan, [0.5, math.nan], [0.2, -1e-9]):
+        with pytest.raises(ValueError, match=r"^binary_entropy needs probabilities in \[0, 1\]$"):
+            binary_entropy(bad)

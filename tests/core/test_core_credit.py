@@ -65,3 +65,19 @@ def test_tau_is_taken_over_the_threshold_entropies_given():
     ann = annotate(build_weighting("none"), threshold_entropy=everyone)
     assert ann.tau == 8.0  # ceil(0.25·11) = 3 high: the other ranks' 10, 9, 8
     assert ann.codes.tolist().count(QUADRANT_CODES["neg_high"]) == 0  # locally (3.0) it would have been high
+
+
+def test_adv_hat_is_the_token_advantage_times_the_weight():
+    ann = annotate(build_weighting("eapo", alpha=0.5, phi=0.4))
+    assert not torch.all(ann.weights == 1.0)
+    torch.testing.assert_close(ann.adv_hat, ann.advantages[ann.seq_ids] * ann.weights)
+    dropped = annotate(build_weighting("drop_quadrant", quadrant="neg_high"))
+    assert torch.isfinite(dropped.adv_hat).all()
+    torch.testing.assert_close(dropped.adv_hat, dropped.advantages[dropped.seq_ids] * dropped.weights)
+
+
+def test_top_entropy_with_its_own_rho_takes_its_quantile_over_the_threshold_entropies_given():
+    everyone = torch.cat([ENTROPY, torch.tensor([10.0, 9.0, 8.0, 7.0])])
+    ann = annotate(build_weighting("top_entropy", rho=0.5), weighting_rho=0.5, threshold_entropy=everyone)
+    # ceil(0.5·12) = 6 high over every rank: τ_w = 3.0 (locally its 4th largest would be 1.0).
+    assert ann.weights.tolist() == [float(h >= 3.0) for h in ENTROPY.tolist()]

@@ -171,3 +171,57 @@ def test_bad_inputs_raise():
         logprob_entropy_from_logits(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError):
         logprob_entropy_from_logits(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), chunk_size=0)
+
+
+def test_chunk_size_one_is_valid_and_zero_is_refused_with_its_value():
+    hidden, weight = torch.randn(3, 4), torch.randn(5, 4)
+    targets = torch.tensor([0, 4, 2])
+    logp, ent = logprob_entropy_from_hidden(hidden, weight, targets, chunk_size=1)
+    ref_logp, ref_ent = naive_logprob_entropy(hidden @ weight.T, targets)
+    assert torch.allclose(logp, ref_logp, atol=1e-6) and torch.allclose(ent, ref_ent, atol=1e-6)
+    logits = hidden @ weight.T
+    assert torch.allclose(logprob_entropy_from_logits(logits, targets, chunk_size=1)[0], ref_logp, atol=1e-6)
+    for fn, args in ((logprob_entropy_from_hidden, (hidden, weight, targets)),
+                     (logprob_entropy_from_logits, (logits, targets))):
+        with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
+            fn(*args, chunk_size=0)
+
+
+def test_naive_reference_gives_masked_vocabulary_entries_no_entropy():
+    logits = torch.tensor([[0.0, 0.0, -math.inf]])
+    logp, ent = naive_logprob_entropy(logits, torch.tensor([0]))
+    assert ent.item() == pytest.approx(math.log(2)) and logp.item() == pytest.approx(-math.log(2))
+
+
+def _naive_three(z, targets):
+    logp_all = torch.log_softmax(z, -1)
+    p = logp_all.exp()
+    ent = -torch.where(p > 0, p * logp_all, torch.zeros_like(p)).sum(-1)
+    return logp_all.gather(-1, targets[:, None])[:, 0], ent, (p * p).sum(-1)
+
+
+def test_backward_of_all_three_outputs_together_with_more_rows_than_vocabulary():
+    """Gradients of log p, H and Σπ² flowing back at once (they add up in one chunk loop), over N = 10 rows of a
+    vocabulary of V = 3 (every row must get its gradient, not only the first V)."""
+    z = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 3, (10,))
+    w = torch.randn(3, 10, dtype=torch.float64)
+    logp, ent, spsq = logprob_entropy_from_logits(z, targets, chunk_size=4, return_sum_p_sq=True)
+    (g,) = torch.autograd.grad((w[0] * logp).sum() + (w[1] * ent).sum() + (w[2] * spsq).sum(), z)
+    r_logp, r_ent, r_spsq = _naive_three(z, targets)
+    (r,) = torch.autograd.grad((w[0] * r_logp).sum() + (w[1] * r_ent).sum() + (w[2] * r_spsq).sum(), z)
+    torch.testing.assert_close(g, r)
+
+
+def test_backward_through_a_masked_vocabulary_entry_is_finite():
+    """A −inf logit (π = 0) contributes 0 to every gradient term, not 0·(−inf) = NaN."""
+    z = torch.tensor([[0.5, -math.inf, 1.0], [2.0, 0.0, -math.inf]], dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1])
+    logp, ent, spsq = logprob_entropy_from_logits(z, targets, return_sum_p_sq=True)
+    (g,) = torch.autograd.grad(logp.sum() + ent.sum() + spsq.sum(), z)
+    assert torch.isfinite(g).all()
+    # The same as a logit so low that π underflows to 0 (where the naive reference is finite too).
+    low = torch.nan_to_num(z.detach(), neginf=-1e4).requires_grad_()
+    r_logp, r_ent, r_spsq = _naive_three(low, targets)
+    (r,) = torch.autograd.grad(r_logp.sum() + r_ent.sum() + r_spsq.sum(), low)
+    torch.testing.assert_close(g, r)

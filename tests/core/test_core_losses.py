@@ -257,7 +257,7 @@ def test_policy_loss_registry_validates():
         build_policy_loss("dpo")
     with pytest.raises(ValueError, match="no parameter 'ratio'"):
         build_policy_loss("clip_cov", ratio=0.1)
-    with pytest.raises(ValueError, match="coef"):
+    with pytest.raises(ValueError, match=r"^parameter 'coef' must be a number in \(0, inf\], got -1.0$"):
         build_policy_loss("entropy_bonus", coef=-1.0)
     with pytest.raises(ValueError, match="clip_cov_lb"):
         build_policy_loss("clip_cov", clip_cov_lb=5.0, clip_cov_ub=1.0)
@@ -280,3 +280,176 @@ def test_aggregation_totals_over_micro_batches_give_the_batch_mean(name):
     split = sum(agg.total(values[p], mask[p], 8) for p in parts) / agg.count_lengths(lengths)
     assert float(split) == pytest.approx(float(whole), rel=1e-12)
     assert agg.count_lengths(lengths) == float(agg.count(mask)) == (14.0 if agg.unit == "token" else 4.0)
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "clip_cov", "kl_cov", "entropy_bonus"])
+def test_every_policy_loss_reports_ratio_clipped_and_selected(name):
+    """The parts the trainer logs (clip fraction, approx. KL from the ratio) have the same names for every loss."""
+    from eapo.core.losses import build_policy_loss
+
+    logp = torch.tensor([[-0.5, -1.0, -2.0]])
+    old = torch.tensor([[-1.0, -1.0, -1.0]])
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    mask = torch.tensor([[True, True, False]])
+    _, parts = build_policy_loss(name)(logp, old, adv, mask, entropy=torch.ones(1, 3))
+    assert set(parts) == {"ratio", "clipped", "selected"}
+    torch.testing.assert_close(parts["ratio"][mask], torch.exp(logp - old)[mask])
+    assert parts["clipped"].dtype == torch.bool and parts["selected"].dtype == torch.bool
+    assert parts["clipped"].shape == parts["selected"].shape == mask.shape
+
+
+def test_kl_cov_log_ratio_is_clamped_at_plus_minus_20():
+    """An extreme log-ratio (a token whose probability moved by e^±25) is clamped to ±20 before exp: the ratio and
+    the KL penalty stay finite and are those of ±20."""
+    from eapo.core.losses import build_policy_loss
+
+    logp = torch.tensor([[-0.5, -30.0, -1.0]])
+    old = torch.tensor([[-25.5, -5.0, -1.0]])  # log r = [25, −25, 0]
+    adv = torch.tensor([[1.0, -1.0, 0.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    terms, parts = build_policy_loss("kl_cov", kl_cov_ratio=1.0)(logp, old, adv, mask)
+    torch.testing.assert_close(parts["ratio"], torch.tensor([[math.exp(20.0), math.exp(-20.0), 1.0]]))
+    # All three tokens selected (ratio 1.0): −r·Â + |log r| with |log r| clamped to 20.
+    torch.testing.assert_close(terms, torch.tensor([[-math.exp(20.0) + 20.0, math.exp(-20.0) + 20.0, 0.0]]))
+
+
+def test_token_covariance_centres_on_the_valid_tokens_only():
+    from eapo.core.losses import token_covariance
+
+    # Valid tokens 0, 1, 3 (mean Â = 2, mean log π = −1); token 2 is padding with values that would move the means.
+    adv = torch.tensor([[1.0, 2.0, 100.0, 3.0]])
+    logp = torch.tensor([[-2.0, -1.0, 50.0, 0.0]])
+    mask = torch.tensor([[True, True, False, True]])
+    cov = token_covariance(adv, logp, mask)
+    assert cov[0, :2].tolist() == [1.0, 0.0] and cov[0, 3].item() == 1.0
+    assert cov[0, 2].item() == -math.inf  # never selected
+    # One valid token: it is its own mean, covariance 0.
+    one = token_covariance(torch.tensor([[4.0, 9.0]]), torch.tensor([[-3.0, 1.0]]), torch.tensor([[True, False]]))
+    assert one.tolist() == [[0.0, -math.inf]]
+    # No valid token: all −inf, no division by zero.
+    none = token_covariance(torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[False]]))
+    assert none.tolist() == [[-math.inf]]
+
+
+def test_seq_mean_token_sum_norm_accepts_a_norm_length_of_one():
+    values, mask = torch.tensor([[1.0, 2.0], [4.0, 0.0]]), torch.tensor([[True, True], [True, False]])
+    total = AGGREGATIONS["seq_mean_token_sum_norm"].total(values, mask, 1)
+    assert total.item() == 3.0 + 4.0
+    with pytest.raises(ValueError):
+        AGGREGATIONS["seq_mean_token_sum_norm"].total(values, mask, 0)
+
+
+def test_clip_cov_validates_its_parameters_by_name():
+    from eapo.core.losses import build_policy_loss
+
+    assert build_policy_loss("clip_cov", clip_ratio=1.0).clip_ratio == 1.0
+    with pytest.raises(ValueError, match=r"^parameter 'clip_ratio' must be a number in \(0, 1.0\], got 1.5$"):
+        build_policy_loss("clip_cov", clip_ratio=1.5)
+    for key in ("clip_cov_lb", "clip_cov_ub"):
+        for bad in (True, "1", math.inf, math.nan):
+            with pytest.raises(ValueError, match=rf"^parameter '{key}' must be a finite number, got "):
+                build_policy_loss("clip_cov", **{key: bad})
+    with pytest.raises(ValueError, match=r"^clip_cov_lb \(2.0\) must be < clip_cov_ub \(2.0\)$"):
+        build_policy_loss("clip_cov", clip_cov_lb=2.0, clip_cov_ub=2.0)
+    assert build_policy_loss("clip_cov", clip_cov_lb=-1, clip_cov_ub=0).params["clip_cov_lb"] == -1.0
+
+
+def test_clip_cov_bounds_are_exclusive_and_at_least_one_token_is_taken():
+    from eapo.core.losses import build_policy_loss
+
+    logp, old, adv, mask = _cov_example()  # cov = [3, 0, 0, 3], token 3 PPO-clipped
+    gen = torch.Generator().manual_seed(0)
+    at_lb = build_policy_loss("clip_cov", clip_cov_lb=3.0, clip_cov_ub=5.0)(logp, old, adv, mask, generator=gen)
+    at_ub = build_policy_loss("clip_cov", clip_cov_lb=1.0, clip_cov_ub=3.0)(logp, old, adv, mask, generator=gen)
+    assert not at_lb[1]["selected"].any() and not at_ub[1]["selected"].any()
+    # Four eligible tokens on-policy, clip_ratio·N < 1: exactly one is taken, not two.
+    adv4 = torch.tensor([[2.0, 2.0, -2.0, -2.0]])
+    lp4 = torch.tensor([[-0.2, -0.2, -2.2, -2.2]])  # cov = 2 everywhere
+    sel = build_policy_loss("clip_cov")(lp4, lp4, adv4, mask, generator=gen)[1]["selected"]
+    assert int(sel.sum()) == 1
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "clip_cov", "kl_cov", "entropy_bonus"])
+@pytest.mark.parametrize("bad", ["logp", "old_logp", "adv_tokens", "mask", "ref_logp", "entropy"])
+def test_a_named_loss_refuses_any_argument_of_another_shape(name, bad):
+    from eapo.core.losses import build_policy_loss
+
+    args = {k: torch.zeros(1, 3) for k in ("logp", "old_logp", "adv_tokens", "ref_logp", "entropy")}
+    args["mask"] = torch.ones(1, 3, dtype=torch.bool)
+    args[bad] = args[bad][:, :2]
+    with pytest.raises(ValueError, match=rf"^expected equal \[B, T\] shapes, got .*'{bad}': \(1, 2\)"):
+        build_policy_loss(name)(args["logp"], args["old_logp"], args["adv_tokens"], args["mask"],
+                                ref_logp=args["ref_logp"], kl_coef=0.1, entropy=args["entropy"])
+
+
+def test_positive_parameters_refuse_booleans_zero_and_values_above_their_bound():
+    from eapo.core.losses import build_policy_loss
+
+    for bad in (True, 0, 0.0, -1e-9, "0.5", 1.5):
+        with pytest.raises(ValueError, match=r"^parameter 'kl_cov_ratio' must be a number in \(0, 1.0\]"):
+            build_policy_loss("kl_cov", kl_cov_ratio=bad)
+    with pytest.raises(ValueError, match=r"^parameter 'ppo_kl_coef' must be a number in \(0, inf\], got 0$"):
+        build_policy_loss("kl_cov", ppo_kl_coef=0)
+    assert build_policy_loss("kl_cov", kl_cov_ratio=1).kl_cov_ratio == 1.0
+    assert build_policy_loss("kl_cov", ppo_kl_coef=1e9).ppo_kl_coef == 1e9  # no upper bound
+
+
+def test_policy_loss_reports_the_kl_with_the_same_aggregation_and_length_as_the_loss():
+    logp = torch.tensor([[-1.0, -2.0, -1.5], [-0.5, -1.0, -3.0]])
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    loss, metrics = policy_loss(logp, logp.detach(), adv, mask, agg="seq_mean_token_sum_norm", norm_len=8,
+                                ref_logp=ref, kl_coef=0.5)
+    k3 = k3_kl(logp, ref)
+    want_kl = aggregate(k3, mask, "seq_mean_token_sum_norm", 8)
+    assert metrics["kl"] == pytest.approx(float(want_kl))
+    assert float(loss) == pytest.approx(metrics["pg_loss"] + 0.5 * metrics["kl"], rel=1e-6)
+
+
+def test_aggregate_defaults_to_token_mean_and_refuses_other_shapes():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    assert aggregate(values, mask).item() == 1.0  # one valid token: its value, not half of it
+    assert aggregate(values, mask) == aggregate(values, mask, "token_mean")
+    assert aggregate(values, mask, "seq_mean_token_mean").item() == 1.0
+    v3 = values.reshape(1, 2, 3)
+    with pytest.raises(ValueError, match=r"^expected values and mask of equal shape \[B, T\], got \(1, 2, 3\), "
+                                         r"\(1, 2, 3\)$"):
+        aggregate(v3, mask.reshape(1, 2, 3))
+    with pytest.raises(ValueError, match=r"got \(2, 3\), \(3, 2\)$"):
+        aggregate(values, mask.reshape(3, 2))
+
+
+@pytest.mark.parametrize("bad", ["logp", "old_logp", "adv_tokens", "mask", "ref_logp"])
+def test_policy_loss_terms_refuses_any_argument_of_another_shape(bad):
+    args = {k: torch.zeros(1, 3) for k in ("logp", "old_logp", "adv_tokens", "ref_logp")}
+    args["mask"] = torch.ones(1, 3, dtype=torch.bool)
+    args[bad] = args[bad][:, :2]
+    with pytest.raises(ValueError, match=rf"^expected equal \[B, T\] shapes, got .*'{bad}': \(1, 2\)"):
+        policy_loss_terms(args["logp"], args["old_logp"], args["adv_tokens"], args["mask"], ref_logp=args["ref_logp"],
+                          kl_coef=0.1)
+
+
+def test_ppo_clip_defaults_zero_clip_and_log_ratio_clamp():
+    from eapo.core.losses import _check_kl, build_policy_loss
+
+    logp = torch.tensor([[-0.5, -1.0, -1.0]])
+    old = torch.tensor([[-1.0, -1.0, -0.5]])  # r = [e^0.5, 1, e^-0.5]: both ends outside 1 ± 0.28
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    by_name, _ = build_policy_loss("ppo_clip")(logp, old, adv, mask)  # the defaults: ε_low 0.2, ε_high 0.28
+    torch.testing.assert_close(by_name, policy_loss_terms(logp, old, adv, mask, 0.2, 0.28))
+    torch.testing.assert_close(by_name, torch.tensor([[-1.28, -1.0, 0.8]]))
+    # ε = 0 is allowed (every off-policy token is clipped); a negative ε is not.
+    zero = policy_loss_terms(logp, old, adv, mask, 0.0, 0.0)
+    torch.testing.assert_close(zero, torch.tensor([[-1.0, -1.0, 1.0]]))
+    for lo, hi in ((-0.1, 0.2), (0.2, -0.1)):
+        with pytest.raises(ValueError):
+            policy_loss_terms(logp, old, adv, mask, lo, hi)
+    # Log-ratios beyond ±20 are clamped before exp (reported ratio e^±20).
+    far_lp, far_old = torch.tensor([[0.0, -30.0]]), torch.tensor([[-25.0, -5.0]])
+    _, parts = build_policy_loss("ppo_clip")(far_lp, far_old, torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool))
+    torch.testing.assert_close(parts["ratio"], torch.tensor([[math.exp(20.0), math.exp(-20.0)]]))
+    with pytest.raises(ValueError, match=r"^kl_coef > 0 needs ref_logp$"):
+        _check_kl(0.1, None)

@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -80,3 +81,30 @@ def test_curve_summaries():
     assert curve_auc(steps, reward) == pytest.approx(1.5 / 3)
     assert steps_to_threshold(steps, reward, 0.5) == 1.0
     assert steps_to_threshold(steps, reward, 1.1) is None
+
+
+def test_pass_at_k_refuses_each_bad_argument_with_its_value():
+    with pytest.raises(ValueError, match=r"^need n >= 1 and k >= 1, got n=0, k=1$"):
+        pass_at_k(0, 0, 1)
+    with pytest.raises(ValueError, match=r"^need n >= 1 and k >= 1, got n=3, k=0$"):
+        pass_at_k(3, 1, 0)
+    with pytest.raises(ValueError, match=r"^c must be in \[0, n=4\], got -1$"):
+        pass_at_k(4, -1, 1)
+    with pytest.raises(ValueError, match=r"^c must be in \[0, n=4\], got 5$"):
+        pass_at_k(4, 5, 1)
+
+
+def test_bootstrap_ci_defaults_bounds_and_width():
+    v = np.random.default_rng(2).normal(0.6, 0.2, 400)
+    assert bootstrap_ci(v) == bootstrap_ci(v, n_boot=1000, seed=0, ci=0.95)
+    assert bootstrap_ci([0.5], n_boot=1) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match=r"ci"):
+        bootstrap_ci([1.0], ci=0.0)
+    # Large sample: the percentile interval of the mean is close to mean ± z·s/sqrt(n) at each level.
+    se = v.std(ddof=1) / math.sqrt(v.size)
+    for ci, z in ((0.95, 1.96), (0.5, 0.6745)):
+        m, lo, hi = bootstrap_ci(v, n_boot=4000, seed=1, ci=ci)
+        assert m == pytest.approx(v.mean())
+        assert (hi - lo) / 2 == pytest.approx(z * se, rel=0.08)
+    # Every value can be drawn, the first one too.
+    assert bootstrap_ci([1.0, 0.0], n_boot=200)[1:] == (0.0, 1.0)
