@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES,
                         help="OMP_WAIT_POLICY values to compare (default: both)")
     args = parser.parse_args(argv)
-    model = args.model[0] if isinstance(args.model, list) else args.model
+    model = (args.model or [C.SMOLLM2])[0]  # --model is repeatable (add_common_args); the default is SmolLM2
     cells = list(itertools.product(args.thread_counts, args.policies, (False, True)))
     times: dict[tuple, list[float]] = {c: [] for c in cells}
     for rep in range(args.reps):
