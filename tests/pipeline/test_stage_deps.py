@@ -89,3 +89,30 @@ def _task_params(name: str) -> list[str]:
 def test_stage_lineage_params_are_the_params_dvc_yaml_lists(name):
     assert _task_params(name) == STAGES[name]["params"], (
         f"dvc.yaml stage {name!r} lists params {STAGES[name]['params']} but its task records {_task_params(name)}")
+
+
+def _directory_deps() -> list[str]:
+    return sorted({d.rstrip("/") for s in STAGES.values() for d in s.get("deps", [])
+                   if "${" not in d and (ROOT / d).is_dir()})
+
+
+def test_python_bytecode_is_not_part_of_any_directory_dep():
+    """Python writes ``__pycache__/*.pyc`` next to the modules it imports (unless PYTHONDONTWRITEBYTECODE is set), so
+    the first stage of a ``dvc repro`` on a normal machine added files to ``eapo/core``: every stage that lists it was
+    then reported changed, and a clone's committed ``dvc.lock`` never matched. ``.dvcignore`` keeps bytecode out of
+    the hashes; checked with DVC itself (``dvc check-ignore``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dirs = _directory_deps()
+    assert "eapo/core" in dirs, dirs
+    paths = [f"{d}/__pycache__/module.cpython-311.pyc" for d in dirs] + [f"{d}/stray.pyc" for d in dirs]
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "check-ignore", *paths], cwd=ROOT,
+                          capture_output=True, text=True)
+    ignored = set(proc.stdout.split())
+    assert ignored == set(paths), f"bytecode DVC would hash as a dep: {sorted(set(paths) - ignored)}"
+    # and real sources stay hashed
+    kept = subprocess.run([str(Path(sys.executable).parent / "dvc"), "check-ignore", "eapo/core/entropy.py"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert kept.returncode == 1 and not kept.stdout.strip(), kept.stdout
