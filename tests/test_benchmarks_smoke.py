@@ -72,7 +72,8 @@ def test_memory(out, tmp_path):
 def test_startup(out, tmp_path, prefect_api):
     res = _load("bench_startup").main([*out, "--model", TINY, "--reps", "1", "--skip-imports", "--stages", "prepare",
                                        "--api-url", prefect_api])
-    assert [r["what"] for r in res["rows"]] == ["python -c pass", "stage prepare (8 prompts)"]
+    assert [r["what"] for r in res["rows"]] == ["python -c pass", "stage prepare (8 prompts)",
+                                                 "stage prepare (8 prompts), no .pyc"]
     assert all(len(v) == 1 and _positive(v[0]) for v in res["raw"].values())
     assert res["rows"][1]["over bare interpreter s"] > 0
 
