@@ -7,6 +7,11 @@ Per repetition, interleaved:
   2 * n_params (every weight is one multiply-add per token; the tied embedding counts once, as the LM head) plus
   attention 4 * layers * context * hidden (QK^T and AV over the tokens in the KV cache, context = prompt + half the
   response on average). Sampling itself (softmax, draws) is not counted: it is overhead.
+- ``gemm``:   the decode step's matmuls alone: every ``nn.Linear`` of the model (the LM head included) applied to
+  ``[M, in]`` inputs, M = the decode batch. What the GEMM library reaches at that M is the ceiling of a decode
+  step; the rest of the step (attention, the KV cache, RMSNorm, RoPE, sampling) is overhead around it.
+- ``bandwidth``: memory bandwidth, ``y.copy_(x)`` of two 256 MiB fp32 buffers (read + write). With it the weights'
+  bytes per decode step give the roofline: decode cannot beat ``2 * M * n_params / (weight bytes / bandwidth)``.
 - ``prefill``: one batched forward over B x T tokens (``model(input_ids).logits``): 2 * n_params per token + attention
   (4 * layers * T/2 * hidden per token, causal). The best a forward pass can do here.
 - ``train``:  forward + backward of ``eapo.forward.sequence_logprobs`` (the trainer's loss path) over B x T tokens:
@@ -28,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 NAME = "bench_flops"
-KINDS = ("peak", "decode", "prefill", "train")
+KINDS = ("peak", "decode", "gemm", "prefill", "train")
+STREAM_MIB = 256
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,6 +84,27 @@ def main(argv: list[str] | None = None) -> dict:
         flops = ntok * (2 * n_params + 4 * L * ctx * D)
         return flops / s, s, {"tokens": ntok, "tok_s": ntok / s}
 
+    linears = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    gemm_inputs = [torch.randn(args.batch, w.shape[1]) for w in linears]
+    weight_bytes = sum(w.numel() * w.element_size() for w in linears)
+    weight_elems = sum(w.numel() for w in linears)
+    src = torch.randn(STREAM_MIB * 2**20 // 4)
+    dst = torch.empty_like(src)
+
+    def gemm() -> tuple[float, float, dict]:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for x, w in zip(gemm_inputs, linears):
+                torch.nn.functional.linear(x, w)
+            s = time.perf_counter() - t0
+        flops = sum(2 * x.shape[0] * w.numel() for x, w in zip(gemm_inputs, linears))
+        return flops / s, s, {}
+
+    def bandwidth() -> float:
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        return 2 * src.numel() * 4 / (time.perf_counter() - t0)
+
     def prefill() -> tuple[float, float, dict]:
         ntok = args.batch * args.seq
         with torch.no_grad():
@@ -101,10 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # warm-up
     peak()
+    gemm()
+    bandwidth()
     decode(999)
     prefill()
     train()
-    meas = {k: {"flops": [], "seconds": [], "tok_s": []} for k in KINDS}
+    meas: dict = {k: {"flops": [], "seconds": [], "tok_s": []} for k in KINDS}
     for rep in range(args.reps):
         order = KINDS if rep % 2 == 0 else KINDS[::-1]
         for k in order:
@@ -113,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
                 extra = {}
             elif k == "decode":
                 f, s, extra = decode(rep)
+            elif k == "gemm":
+                f, s, extra = gemm()
+                meas.setdefault("bandwidth", []).append(bandwidth())
             elif k == "prefill":
                 f, s, extra = prefill()
             else:
@@ -126,16 +158,27 @@ def main(argv: list[str] | None = None) -> dict:
         stf = C.summarize([x / 1e9 for x in meas[k]["flops"]])
         tok = [x for x in meas[k]["tok_s"] if x is not None]
         rows.append({"what": {"peak": f"torch.mm {args.mm}^2 fp32", "decode": f"sampler decode B={len(prompts) * 4}",
+                              "gemm": f"the decode step's matmuls alone, M={args.batch}",
                               "prefill": f"forward {args.batch}x{args.seq}",
                               "train": f"fwd+bwd sequence_logprobs {args.batch}x{args.seq}"}[k],
-                     "FLOPs/token (approx)": {"peak": None, "decode": "2N + attn", "prefill": "2N + attn",
+                     "FLOPs/token (approx)": {"peak": None, "decode": "2N + attn", "gemm": "2N (exact)",
+                                              "prefill": "2N + attn",
                                               "train": "6N + 3x attn"}[k],
                      "GFLOP/s median [min-max]": C.fmt_stat(stf), "tok/s median": C.summarize(tok)["median"]
                      if tok else None,
                      "share of peak (median/best peak)": stf["median"] * 1e9 / peak_best,
                      "share of peak (best/best)": stf["max"] * 1e9 / peak_best})
     table = C.markdown_table(rows)
+    # The roofline of a decode step at M rows: 2*M FLOPs per weight, every weight read once per step.
+    bw = max(meas["bandwidth"])
+    roofline = {"bandwidth_best_bytes_s": bw, "weight_bytes_per_step": weight_bytes,
+                "bandwidth_bound_flops": 2 * args.batch * weight_elems / (weight_bytes / bw),
+                "gemm_median_flops": C.summarize(meas["gemm"]["flops"])["median"]}
+    roofline["bandwidth_bound_share_of_peak"] = roofline["bandwidth_bound_flops"] / peak_best
+    roofline["gemm_share_of_peak"] = roofline["gemm_median_flops"] / peak_best
+    roofline["decode_share_of_gemm"] = C.summarize(meas["decode"]["flops"])["median"] / roofline["gemm_median_flops"]
     result = {"rows": rows, "measurements": meas, "peak_best_flops": peak_best, "n_params": n_params,
+              "roofline": roofline,
               "model": name, "table": table, "config": vars(args),
               "approximation": "decode/prefill 2*n_params per token + attention 4*layers*ctx*hidden; train 6*n_params "
                                "+ 3x attention; the recomputed chunked LM head and sampling are not counted"}
@@ -146,6 +189,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(table)
         print(f"\nmeasured fp32 matmul peak (best of {args.reps}): {peak_best / 1e9:.1f} GFLOP/s with "
               f"{args.threads} thread(s)")
+        r = roofline
+        print(f"\ndecode roofline at M={args.batch}: the weights are {weight_bytes / 2**20:.0f} MiB per step; at the "
+              f"measured {bw / 1e9:.1f} GB/s memory bandwidth a step could run at "
+              f"{r['bandwidth_bound_flops'] / 1e9:.0f} GFLOP/s ({r['bandwidth_bound_share_of_peak']:.0%} of peak), so "
+              f"bandwidth is {'not ' if r['bandwidth_bound_share_of_peak'] >= 0.4 else ''}what caps decode below 40%. "
+              f"The step's matmuls alone reach {r['gemm_median_flops'] / 1e9:.1f} GFLOP/s "
+              f"({r['gemm_share_of_peak']:.0%} of peak: the GEMM library at small M); decode gets "
+              f"{r['decode_share_of_gemm']:.0%} of that (its rows also finish and leave, so M shrinks).")
         print(f"\nresults: {path}")
     return result
 

@@ -14,6 +14,7 @@ max_new_tokens and both backends decode exactly the same number of tokens (per-s
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 NAME = "bench_sampling"
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm"}
 BACKENDS = ("fast", "generate")
 
 
@@ -71,6 +73,18 @@ def main(argv: list[str] | None = None) -> dict:
                 per[b]["tok_s"].append(s.stats["tokens_per_s"])
                 per[b]["tokens"].append(s.stats["tokens"])
                 per[b]["seconds"].append(s.stats["seconds"])
+        # How far can the decode loop alone take the ratio? One more fast run under torch.profiler: the share of its
+        # wall time spent in the matmuls (the same for both backends, per live row). If everything else in our step
+        # were free, fast/generate would be at most ratio / share. The profiler's own per-op overhead lowers the share,
+        # so the bound it gives is, if anything, too generous.
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            run("fast", seed=args.reps)
+            wall = time.perf_counter() - t0
+        matmul_s = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
+        matmul_share = min(matmul_s / wall, 1.0)
         st = {b: C.summarize(per[b]["tok_s"]) for b in BACKENDS}
         ratios = [f / g for f, g in zip(per["fast"]["tok_s"], per["generate"]["tok_s"])]
         for b in BACKENDS:
@@ -81,10 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
                          else None})
         raw[name] = {"per_rep": per, "stats": st, "ratio_of_medians": st["fast"]["median"] / st["generate"]["median"],
                      "per_rep_ratio": C.summarize(ratios), "n_params": policy.info["n_params"],
-                     "n_prompts": len(prompts), "n": args.n, "batch": batch}
+                     "n_prompts": len(prompts), "n": args.n, "batch": batch, "matmul_share": matmul_share,
+                     "ratio_ceiling": st["fast"]["median"] / st["generate"]["median"] / max(matmul_share, 1e-9)}
         del policy, model
 
-    target = 2.0
+    target = 3.0  # issue 14 (DESIGN §7 asked for 2x)
     verdict = {m: {"ratio": raw[m]["ratio_of_medians"], "target": f">= {target}",
                    "met": raw[m]["ratio_of_medians"] >= target} for m in raw}
     table = C.markdown_table(rows)
@@ -98,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         for m, v in verdict.items():
             print(f"\n{m}: fast/generate = {v['ratio']:.2f}x (per-rep ratios "
                   f"{C.fmt_stat(raw[m]['per_rep_ratio'])}); target {v['target']}: {'MET' if v['met'] else 'MISSED'}")
+            print(f"  matmuls are {raw[m]['matmul_share']:.0%} of a fast run's wall time: with everything else free, "
+                  f"fast/generate would be at most {raw[m]['ratio_ceiling']:.2f}x")
         print(f"\nresults: {path}")
     return result
 

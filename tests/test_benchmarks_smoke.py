@@ -39,6 +39,8 @@ def test_sampling(out, tmp_path):
     assert [(r["model"], r["backend"]) for r in res["rows"]] == [(TINY, "fast"), (TINY, "generate")]
     assert all(_positive(r["tok/s median"]) for r in res["rows"])
     assert _positive(res["rows"][0]["ratio fast/generate"])
+    info = res["per_model"][TINY]
+    assert 0 < info["matmul_share"] <= 1 and info["ratio_ceiling"] >= info["ratio_of_medians"]
     assert (tmp_path / "bench_sampling.json").is_file()
 
 
@@ -81,9 +83,14 @@ def test_startup(out, tmp_path, prefect_api):
 def test_flops(out, tmp_path):
     res = _load("bench_flops").main([*out, "--mm", "64", "--mm-iters", "1", "--batch", "4", "--tokens", "2",
                                      "--seq", "8"])
-    assert len(res["rows"]) == 4
+    assert len(res["rows"]) == 5
     assert all(_positive(r["share of peak (median/best peak)"]) for r in res["rows"])
     assert _positive(res["peak_best_flops"])
+    roof = res["roofline"]
+    assert all(_positive(roof[k]) for k in ("bandwidth_best_bytes_s", "bandwidth_bound_flops", "gemm_median_flops",
+                                            "decode_share_of_gemm"))
+    # fp32 weights: the bandwidth roofline is M * bandwidth / 2 FLOP/s (2 FLOPs per 4-byte weight per row)
+    assert roof["bandwidth_bound_flops"] == pytest.approx(4 * roof["bandwidth_best_bytes_s"] / 2)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None,
