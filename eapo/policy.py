@@ -379,6 +379,15 @@ def _load_hub(repo_id: str, torch_dtype: torch.dtype):
 # public entry point
 
 
+def portable_path(path: str | Path) -> str:
+    """How the model's lineage ``info`` names a local file: relative to the working directory when it is inside it
+    (DVC runs every stage from the project root), else absolute. Absolute paths of files inside the project made every
+    artifact's bytes depend on where the project was cloned; the file's identity is its ``sha256``, recorded beside."""
+    resolved = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else str(resolved)
+
+
 def load_policy(
     name_or_path: str = DEFAULT_POLICY,
     *,
@@ -402,7 +411,8 @@ def load_policy(
         gguf = smollm2_gguf_path()
         local, sha = convert_gguf(gguf, cache_dir, name=DEFAULT_POLICY)
         model, tokenizer = _load_hf_dir(local, torch_dtype)
-        info = {"kind": "gguf-embedded", "source": str(gguf), "path": str(local.resolve()), "sha256": sha}
+        info = {"kind": "gguf-embedded", "source": f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}", "path": portable_path(local),
+                "sha256": sha}
     elif name == TINY_POLICY:
         model, tokenizer, identity = _build_tiny(seed, cache_dir)
         model = model.to(torch_dtype)
@@ -416,14 +426,14 @@ def load_policy(
     elif path.is_file() and path.suffix == ".gguf":
         local, sha = convert_gguf(path, cache_dir)
         model, tokenizer = _load_hf_dir(local, torch_dtype)
-        info = {"kind": "gguf", "source": str(path.resolve()), "path": str(local.resolve()), "sha256": sha}
+        info = {"kind": "gguf", "source": portable_path(path), "path": portable_path(local), "sha256": sha}
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"{str(path)!r} is a directory but not a Hugging Face model directory (no config.json)"
             )
         model, tokenizer = _load_hf_dir(path, torch_dtype)
-        info = {"kind": "local", "path": str(path.resolve()), "sha256": _dir_identity(path, cache_dir)}
+        info = {"kind": "local", "path": portable_path(path), "sha256": _dir_identity(path, cache_dir)}
     elif path.exists():
         raise FileNotFoundError(
             f"{str(path)!r} is neither a model directory (with config.json) nor a .gguf file"

