@@ -14,8 +14,8 @@ max_new_tokens and both backends decode exactly the same number of tokens (per-s
 from __future__ import annotations
 
 import argparse
-import time
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -13,9 +13,9 @@ HEAVY = ("great_expectations", "prefect", "torch", "transformers", "math_verify"
 @pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="not running from the project's virtual environment")
 @pytest.mark.parametrize("name", HEAVY)
 def test_installed_libraries_carry_their_bytecode(name):
-    """Every stage is a fresh process. Without .pyc files (uv does not write them unless told, and PYTHONDONTWRITEBYTECODE
-    stops Python from writing them at import) each stage compiled these libraries from source again: 7-10 s of a
-    12-22 s stage start-up here. The Makefile installs with ``--compile-bytecode``."""
+    """Every stage is a fresh process. Without .pyc files (uv does not write them unless told, and
+    PYTHONDONTWRITEBYTECODE stops Python from writing them at import) each stage compiled these libraries from source
+    again: 7-10 s of a 12-22 s stage start-up here. The Makefile installs with ``--compile-bytecode``."""
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin, name
     pyc = Path(importlib.util.cache_from_source(spec.origin))

@@ -2,6 +2,9 @@
 changed must not be reported up to date."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,18 +104,13 @@ def test_python_bytecode_is_not_part_of_any_directory_dep():
     the first stage of a ``dvc repro`` on a normal machine added files to ``eapo/core``: every stage that lists it was
     then reported changed, and a clone's committed ``dvc.lock`` never matched. ``.dvcignore`` keeps bytecode out of
     the hashes; checked with DVC itself (``dvc check-ignore``)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    dvc = str(Path(sys.executable).parent / "dvc")
     dirs = _directory_deps()
     assert "eapo/core" in dirs, dirs
     paths = [f"{d}/__pycache__/module.cpython-311.pyc" for d in dirs] + [f"{d}/stray.pyc" for d in dirs]
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "check-ignore", *paths], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run([dvc, "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
     ignored = set(proc.stdout.split())
     assert ignored == set(paths), f"bytecode DVC would hash as a dep: {sorted(set(paths) - ignored)}"
     # and real sources stay hashed
-    kept = subprocess.run([str(Path(sys.executable).parent / "dvc"), "check-ignore", "eapo/core/entropy.py"],
-                          cwd=ROOT, capture_output=True, text=True)
+    kept = subprocess.run([dvc, "check-ignore", "eapo/core/entropy.py"], cwd=ROOT, capture_output=True, text=True)
     assert kept.returncode == 1 and not kept.stdout.strip(), kept.stdout
