@@ -1,6 +1,7 @@
 """Peak memory of one training update at batch 32 x 160 tokens: the trainer's ``accumulate_gradients`` (micro-batches
-of ``train.micro_batch_size`` sequences, prefix sharing, chunked log-prob) + AdamW step, against a naive update of the
-same batch in one piece (a full ``[B, T, V]`` logits tensor, fp32 ``log_softmax``, the same clipped surrogate).
+of ``train.micro_batch_size`` sequences, prefix sharing, chunked log-prob, ``eapo.saved_activations``) + AdamW step,
+against a naive update of the same batch in one piece (a full ``[B, T, V]`` logits tensor, fp32 ``log_softmax``, the
+same clipped surrogate).
 
 The floor: the fp32 weights, their gradients and AdamW's two moments are 4 x 4 bytes per parameter (2.16 GB for
 SmolLM2-135M); nothing a step does can go below that. Each cell is a fresh child process: it loads the model, runs one
@@ -76,6 +77,10 @@ def child(variant: str, name: str, threads: int, prompts: int, group: int, promp
     policy = C.load(name)
     model = policy.model
     model.train()
+    if variant == "ours":  # as eapo.trainer.train does before its first update
+        from eapo import saved_activations
+
+        saved_activations.apply(model)
     cfg = TrainConfig(micro_batch_size=micro_batch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7)
     rollouts = make_rollouts(model.config.vocab_size, prompts, group, prompt_tokens, response_tokens)

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eapo import checkpoint
+from eapo import checkpoint, saved_activations
 from eapo.config import ModelConfig, RewardConfig, TrainConfig, VariantConfig
 from eapo.contracts import STEP_COLUMNS
 from eapo.core.advantages import get_advantage_fn
@@ -603,6 +603,9 @@ def train(
 
     # The KL reference is the policy as given, frozen before any update or checkpoint load.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    # The same math, fewer activations kept for backward (eapo.saved_activations): ~40% of an update's peak above
+    # the weights, gradients and moments.
+    saved_activations.apply(model)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))

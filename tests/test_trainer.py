@@ -364,6 +364,20 @@ def test_exact_resume(reference_run, base, prompts, tmp_path, kill_at, expect_ck
     assert_same_weights(load_weights(base, resumed.model_dir), ref_weights)
 
 
+def test_training_keeps_fewer_activations_and_the_same_weights(reference_run, base, prompts, tmp_path, monkeypatch):
+    """train() runs the model with eapo.saved_activations (fewer tensors kept for backward); without it, the same run
+    trains bit for bit the same weights."""
+    from eapo import saved_activations
+
+    policy = fresh(base)
+    train(policy, prompts, CFG, "grpo", GRPO, MODEL_CFG, REWARD_CFG, tmp_path / "one", reward_fn=parity_reward,
+          stop_after_step=0)
+    assert saved_activations.patched(policy.model) == 2 * 3 + 1  # per layer an MLP and two norms; the final norm
+    monkeypatch.setattr(saved_activations, "apply", lambda model: 0)
+    plain = run(base, prompts, tmp_path / "plain")
+    assert_same_weights(load_weights(base, plain.model_dir), reference_run[1])
+
+
 def test_resume_refuses_a_different_config(base, prompts, tmp_path):
     run(base, prompts, tmp_path, stop_after_step=1)
     with pytest.raises(ValueError, match="train.lr"):

@@ -43,19 +43,21 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _chunk_stats(z: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _chunk_stats(z: Tensor, targets: Tensor, valid: Tensor, with_sum_p_sq: bool = True
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """fp32 statistics of one chunk.
 
     z: [C, V] logits (any float dtype), targets: [C] long (already made safe), valid: [C] bool.
-    Returns logp_all [C,V], p [C,V], logp [C], entropy [C], sum_p_sq [C], all fp32.
+    Returns logp_all [C,V], p [C,V], logp [C], entropy [C], sum_p_sq [C] (None without ``with_sum_p_sq``), all fp32.
     """
     z = z.to(_compute_dtype(z.dtype))
     logp_all = torch.log_softmax(z, dim=-1)
     p = logp_all.exp()
     # p == 0 happens for -inf (masked) logits; 0·log 0 = 0 by convention, whereas 0·(-inf) would be NaN.
-    plogp = torch.where(p > 0, p * logp_all, torch.zeros((), dtype=p.dtype, device=p.device))
+    plogp = (p * logp_all).masked_fill_(~(p > 0), 0.0)
     entropy = -plogp.sum(dim=-1)
-    sum_p_sq = (p * p).sum(dim=-1)
+    del plogp
+    sum_p_sq = (p * p).sum(dim=-1) if with_sum_p_sq else None
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     logp = torch.where(valid, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
     return logp_all, p, logp, entropy, sum_p_sq
@@ -87,21 +89,29 @@ class _LogpEntropyFn(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         n = logits.shape[0]
-        grad = torch.empty_like(logits)
+        grad = None if 0 < n <= ctx.chunk_size else torch.empty_like(logits)
         for s in range(0, n, ctx.chunk_size):
             e = min(s + ctx.chunk_size, n)
-            logp_all, p, _, ent, spsq = _chunk_stats(logits[s:e], safe_t[s:e], valid[s:e])
+            logp_all, p, _, ent, spsq = _chunk_stats(logits[s:e], safe_t[s:e], valid[s:e],
+                                                     with_sum_p_sq=g_spsq is not None)
+            # gz = Σ of the requested terms, each computed as before but in place where a buffer is free again:
+            # log π, π and gz are the only [C, V] buffers alive (a fourth for the rarely used Σπ² term).
             gz = torch.zeros_like(p)
             if g_logp is not None:
                 gl = torch.where(valid[s:e], g_logp[s:e].to(p.dtype), torch.zeros_like(ent))
-                gz -= gl.unsqueeze(-1) * p
+                gz.addcmul_(p, gl.unsqueeze(-1), value=-1.0)
                 gz.scatter_add_(-1, safe_t[s:e].unsqueeze(-1), gl.unsqueeze(-1))
-            if g_ent is not None:
-                # log π_v + H; where π_v == 0 the term π_v·(...) is 0 (avoid -inf·0).
-                lph = torch.where(p > 0, logp_all + ent.unsqueeze(-1), torch.zeros_like(p))
-                gz -= g_ent[s:e].to(p.dtype).unsqueeze(-1) * p * lph
+            spsq_term = None
             if g_spsq is not None:
-                gz += 2.0 * g_spsq[s:e].to(p.dtype).unsqueeze(-1) * p * (p - spsq.unsqueeze(-1))
+                spsq_term = 2.0 * g_spsq[s:e].to(p.dtype).unsqueeze(-1) * p * (p - spsq.unsqueeze(-1))
+            if g_ent is not None:
+                # log π_v + H, over log π's buffer; where π_v == 0 the term π_v·(...) is 0 (avoid -inf·0).
+                lph = logp_all.add_(ent.unsqueeze(-1)).masked_fill_(~(p > 0), 0.0)
+                gz -= p.mul_(g_ent[s:e].to(p.dtype).unsqueeze(-1)).mul_(lph)  # π is not needed after this
+            if spsq_term is not None:
+                gz += spsq_term
+            if grad is None:
+                return gz.to(logits.dtype), None, None, None
             grad[s:e] = gz.to(grad.dtype)
         return grad, None, None, None
 
