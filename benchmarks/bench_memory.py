@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--response-tokens", type=int, default=100)
     p.add_argument("--micro-batch", type=int, default=None,
                    help="the trainer's micro_batch_size (default: TrainConfig's, as params.yaml)")
+    p.add_argument("--preload", default=None, metavar="LIB",
+                   help="a malloc to run the children with (LD_PRELOAD), e.g. "
+                        "/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4: glibc's heap keeps freed activations resident")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                    help="updates to measure (default both; naive needs ~14 GiB at 32 x 160 on SmolLM2)")
     args = p.parse_args(argv)
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.reps):
         for v in (variants if rep % 2 == 0 else variants[::-1]):  # interleaved: A B B A ...
-            runs[v].append(C.run_child(Path(__file__), ["--child", v, model, str(args.threads), *shape]))
+            runs[v].append(C.run_child(Path(__file__), ["--child", v, model, str(args.threads), *shape],
+                                       env={"LD_PRELOAD": args.preload} if args.preload else None))
     rows = []
     for v in variants:
         peak = C.summarize([r["peak_rss"] / GIB for r in runs[v]])
@@ -144,12 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
     ours, naive = median.get("ours"), median.get("naive")
     floor = next(iter(runs.values()))[0]["floor_bytes"]
     payload = {"model": model, "batch": args.prompts * args.group, "tokens": args.prompt_tokens + args.response_tokens,
-               "micro_batch_size": micro, "rows": rows, "raw": runs, "floor_bytes": floor,
+               "micro_batch_size": micro, "preload": args.preload, "rows": rows, "raw": runs, "floor_bytes": floor,
                "ours_over_naive": ours / naive if ours and naive else None, "ours_peak_bytes": ours,
                "machine": C.machine_info()}
     if not args.quiet:
         print(f"## {NAME}: one update of {args.prompts * args.group} x {args.prompt_tokens + args.response_tokens} "
-              f"tokens ({model}), micro-batches of {micro}\n")
+              f"tokens ({model}), micro-batches of {micro}{f', malloc {args.preload}' if args.preload else ''}\n")
         print(C.markdown_table(rows))
         print(f"\nfloor (fp32 weights + grads + AdamW moments): {floor / GIB:.2f} GiB")
         if ours and naive:

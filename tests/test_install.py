@@ -27,3 +27,23 @@ def test_installed_libraries_carry_their_bytecode(name):
     if int.from_bytes(header[4:8], "little") == 0:
         assert int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF, f"{pyc} is stale"
         assert int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF, f"{pyc} is stale"
+
+
+def _run_recipe(*args: str) -> str:
+    """The shell command `make run` would run (``make -n``: printed, not run)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["make", "-n", "-s", "-C", str(root), "run", *args], capture_output=True, text=True,
+                         env={**os.environ, "MAKEFLAGS": ""}, check=True, timeout=60)
+    return out.stdout
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="not running from the project's virtual environment")
+def test_make_run_preloads_the_malloc_it_is_given_and_only_that():
+    """`make run` runs the stages with tcmalloc where the system has one (Makefile MALLOC), a path the user can change
+    or empty; a user's own LD_PRELOAD is kept after it."""
+    assert 'LD_PRELOAD="/opt/x/libfoo.so${LD_PRELOAD:+:$LD_PRELOAD}" ' in _run_recipe("MALLOC=/opt/x/libfoo.so")
+    assert 'LD_PRELOAD="${LD_PRELOAD:+:$LD_PRELOAD}" ' in _run_recipe("MALLOC=")
+    default = _run_recipe().split('LD_PRELOAD="', 1)[1].split("${", 1)[0]
+    assert default == "" or (Path(default).is_file() and "tcmalloc" in Path(default).name), default
