@@ -46,11 +46,16 @@ $(VENV)/.installed: pyproject.toml
 MALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
   /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 
+# Stages run warm (flows/warm.py): one server imports torch, transformers, Prefect and GX once and forks the process
+# of each stage, where each of the 19 stage processes imported them itself (~6 s each; README "Performance"). Same
+# commands in dvc.yaml, same outputs. `make run WARM=` runs every stage in a fresh process.
+WARM ?= $(PY) -m flows.warm --
+
 # DVC runs each stage's `python -m flows.<stage>` from PATH: the venv's bin goes first.
 run: install
 	@url=$$($(PY) -m flows.server ensure) && echo "Prefect UI: $${url%/api}" \
 	  && $(if $(MALLOC),echo "malloc: $(MALLOC)" &&) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PREFECT_API_URL=$$url \
-	  LD_PRELOAD="$(MALLOC)$${LD_PRELOAD:+:$$LD_PRELOAD}" $(VENV)/bin/dvc repro
+	  LD_PRELOAD="$(MALLOC)$${LD_PRELOAD:+:$$LD_PRELOAD}" $(WARM) $(VENV)/bin/dvc repro
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -127,7 +127,8 @@ def git_info(root: str | Path = ".") -> dict[str, Any]:
 def process_cost() -> dict[str, float]:
     """What this process has cost so far: seconds since it started (interpreter start-up and imports included), CPU
     seconds (user + system, its threads together), and peak RSS in MiB of itself and of its largest waited-for child
-    (e.g. a reward worker). Linux reports ``ru_maxrss`` in KiB."""
+    (e.g. a reward worker). Linux reports ``ru_maxrss`` in KiB. ``warm`` says whether a warm stage server
+    (flows/warm.py) forked this process with its libraries already imported: then the seconds start at the fork."""
     import resource
 
     import psutil
@@ -135,7 +136,8 @@ def process_cost() -> dict[str, float]:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"seconds": round(time.time() - psutil.Process().create_time(), 2),
             "cpu_seconds": round(me.ru_utime + me.ru_stime, 2),
-            "peak_rss_mib": round(me.ru_maxrss / 1024, 1), "children_peak_rss_mib": round(kids.ru_maxrss / 1024, 1)}
+            "peak_rss_mib": round(me.ru_maxrss / 1024, 1), "children_peak_rss_mib": round(kids.ru_maxrss / 1024, 1),
+            "warm": "EAPO_WARM_SERVER" in os.environ}
 
 
 class StageLocked(RuntimeError):

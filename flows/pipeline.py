@@ -17,6 +17,7 @@ flow run (a separate process started by DVC) is tagged `pipeline-run:<this run's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -89,12 +90,16 @@ def dvc_set_args(overrides: dict[str, Any]) -> list[str]:
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, force: bool) -> dict:
+def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, force: bool, warm: bool = True
+              ) -> dict:
+    """`warm`: DVC's stage processes are forked from a warm server (flows/warm.py), as under `make run`."""
     from dvc.repo import Repo
+
+    from flows.warm import serving
 
     logger = get_run_logger()
     t0 = time.perf_counter()
-    with Repo(root) as repo:
+    with serving() if warm else contextlib.nullcontext(), Repo(root) as repo:
         if overrides:
             sets = dvc_set_args(overrides)
             logger.info("dvc exp run %s", " ".join(f"-S {s}" for s in sets))
@@ -111,9 +116,10 @@ def dvc_repro(root: str, overrides: dict[str, Any], targets: list[str] | None, f
 def pipeline_flow(variants: list[str] | None = None, seed: int | None = None,
                   overrides: dict[str, Any] | None = None, targets: list[str] | None = None,
                   force: bool = False, project_dir: str = ".", seeds: list[int] | None = None,
-                  pool: str | None = None) -> dict:
+                  pool: str | None = None, warm: bool = True) -> dict:
     """`pool`: run the stale (variant, seed) stages on this Prefect work pool (flows/pools.py); `targets` and `force`
-    do not apply then."""
+    do not apply then. `warm`: without a pool, fork the stage processes from a warm server (flows/warm.py), which
+    imports torch, transformers, Prefect and GX once for all of them."""
     root = Path(project_dir).resolve()
     if pool and (targets or force):
         raise ValueError("--pool fans out the stale (variant, seed) stages: --targets and --force do not apply to it")
@@ -130,7 +136,7 @@ def pipeline_flow(variants: list[str] | None = None, seed: int | None = None,
 
             result = run_study_on_pool(root, pool, sets)
         else:
-            result = dvc_repro(str(root), sets, targets, force)
+            result = dvc_repro(str(root), sets, targets, force, warm)
     finally:
         os.chdir(cwd)
         if previous is None:
@@ -161,10 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--force", action="store_true", help="rerun even if DVC thinks nothing changed")
     parser.add_argument("--pool", help="run the stale (variant, seed) stages on this Prefect work pool's workers "
                                        "(after `eapo deploy --pool NAME`), sharing artifacts through the DVC remote")
+    parser.add_argument("--cold", action="store_true", help="start every stage in a fresh process, not forked from "
+                                                             "a warm server (flows/warm.py)")
     args = parser.parse_args(argv)
     overrides = {**(load_profile(args.profile) if args.profile else {}), **parse_overrides(args.overrides)}
     return pipeline_flow(variants=args.variants, seed=args.seed, overrides=overrides, targets=args.targets,
-                         force=args.force, seeds=args.seeds, pool=args.pool)
+                         force=args.force, seeds=args.seeds, pool=args.pool, warm=not args.cold)
 
 
 if __name__ == "__main__":

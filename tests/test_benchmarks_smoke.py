@@ -75,7 +75,8 @@ def test_startup(out, tmp_path, prefect_api):
     res = _load("bench_startup").main([*out, "--model", TINY, "--reps", "1", "--skip-imports", "--stages", "prepare",
                                        "--api-url", prefect_api])
     assert [r["what"] for r in res["rows"]] == ["python -c pass", "stage prepare (8 prompts)",
-                                                 "stage prepare (8 prompts), no .pyc"]
+                                                 "stage prepare (8 prompts), no .pyc",
+                                                 "stage prepare (8 prompts), warm"]
     assert all(len(v) == 1 and _positive(v[0]) for v in res["raw"].values())
     assert res["rows"][1]["over bare interpreter s"] > 0
 

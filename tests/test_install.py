@@ -47,3 +47,10 @@ def test_make_run_preloads_the_malloc_it_is_given_and_only_that():
     assert 'LD_PRELOAD="${LD_PRELOAD:+:$LD_PRELOAD}" ' in _run_recipe("MALLOC=")
     default = _run_recipe().split('LD_PRELOAD="', 1)[1].split("${", 1)[0]
     assert default == "" or (Path(default).is_file() and "tcmalloc" in Path(default).name), default
+
+
+def test_make_run_runs_dvc_under_a_warm_stage_server_unless_told_not_to():
+    """`make run` starts `dvc repro` under `python -m flows.warm --` (Makefile WARM), and `make run WARM=` without."""
+    assert "-m flows.warm -- .venv/bin/dvc repro" in _run_recipe()
+    cold = _run_recipe("WARM=")
+    assert "flows.warm" not in cold and cold.rstrip().endswith('"  .venv/bin/dvc repro')
