@@ -2,7 +2,7 @@
 `eapo.stageio.StageOutputs` next to the outputs) under a data folder.
 
 Columns: the stage process's seconds from process start to commit (start-up and imports included; DVC's own work
-between stages is not), its CPU seconds, its peak RSS and the peak RSS of its largest child (reward workers), and the
+between stages is not; for a stage forked from a warm server, ``warm``, from the fork), its CPU seconds, its peak RSS and the peak RSS of its largest child (reward workers), and the
 wall-time breakdown the stage recorded itself where it did (train: ``wall_seconds``). Not a timed benchmark: it reads
 what the last `dvc repro` measured, so the README's per-stage table can be regenerated after any run.
 
@@ -28,7 +28,8 @@ def stage_rows(data: Path) -> list[dict]:
         cost = rec.get("process") or {}
         rows.append({"stage": rec.get("stage", path.name), "seconds": cost.get("seconds"),
                      "cpu s": cost.get("cpu_seconds"), "peak RSS MiB": cost.get("peak_rss_mib"),
-                     "child peak MiB": cost.get("children_peak_rss_mib"), "finished": rec.get("finished")})
+                     "child peak MiB": cost.get("children_peak_rss_mib"), "warm": cost.get("warm", False),
+                     "finished": rec.get("finished")})
     order = ["prepare", "rollout", "annotate", "train", "evaluate", "report"]
     rows.sort(key=lambda r: (next((i for i, s in enumerate(order) if r["stage"].startswith(s)), len(order)),
                              r["stage"]))

@@ -116,9 +116,11 @@ def serve(path: str, server_env: dict[str, str]) -> None:
             for _key, _ in sel.select(timeout=0.2):
                 conn, _ = listener.accept()
                 pid, request = _accept(conn, server_env)
-                if pid == 0:  # the child
+                if pid == 0:  # the child: it keeps its own connection only
                     sel.close()
                     listener.close()
+                    for other in children.values():
+                        other.close()
                     raise _Child(request, conn)
                 if pid > 0:
                     children[pid] = conn
@@ -144,7 +146,9 @@ def _accept(conn: socket.socket, server_env: dict[str, str]) -> tuple[int, dict]
     (-1, {}) when declined."""
     fds: list[int] = []
     try:
+        conn.settimeout(10)  # the request follows the connection at once; a client that sends nothing is dropped
         msg, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 3)
+        conn.settimeout(None)
         request = json.loads(msg)
         if len(fds) != 3:
             raise Declined(f"expected stdin, stdout and stderr, got {len(fds)} descriptors")

@@ -131,6 +131,7 @@ def test_stage_costs_reads_the_run_records(tmp_path, capsys):
     res = _load("stage_costs").main(["--data", str(tmp_path)])
     assert [r["stage"] for r in res["rows"]] == ["prepare", "train@grpo-0"]  # pipeline order, not file order
     assert all(_positive(r["seconds"]) and _positive(r["peak RSS MiB"]) for r in res["rows"])
+    assert [r["warm"] for r in res["rows"]] == [False, False]  # this process was not forked by a warm server
     assert "| prepare |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no run records"):
         _load("stage_costs").main(["--data", str(tmp_path / "empty")])
