@@ -156,3 +156,52 @@ def test_warm_stages_match_cold_ones_run_code_from_disk_and_fall_back_when_the_e
     assert text.count("EDITED-MARK") == 2  # the edited run and the cold fallback after it, not the first warm one
     _, edited_lineage = _lineage(roots["edited"], "prompts_train")
     assert edited_lineage["code"]["sha256"] != _lineage(roots["warm"], "prompts_train")[1]["code"]["sha256"]
+
+
+def _stage_processes(wrapper: int) -> tuple[list, list]:
+    """(the launchers `python -m flows.evaluate`, the stage processes the server forked) under a wrapper."""
+    import psutil
+
+    procs = psutil.Process(wrapper).children(recursive=True)
+    servers = [p for p in procs if "--serve" in p.cmdline()]
+    launchers = [p for p in procs if "flows.evaluate" in p.cmdline()]
+    return launchers, [c for s in servers for c in s.children()]
+
+
+@pytest.mark.slow
+def test_a_warm_stage_stops_on_ctrl_c_and_when_its_starting_process_is_killed(prefect_api, tmp_path):
+    """^C (SIGINT to the terminal's process group, which the forked stage is not in) reaches the stage through the
+    process that started it; a starting process killed outright takes its stage with it; nothing is left running."""
+    import psutil
+
+    params = write_tiny_params(tmp_path, data_root=tmp_path / "data", **{
+        "evaluate.num_prompts": 8, "evaluate.k": 64, "evaluate.max_new_tokens": 400})
+    env = stage_env(prefect_api)
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([PY, "-m", "flows.prepare", "--params", str(params)], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=300)
+    evaluate = ["python", "-m", "flows.evaluate", "--name", "base", "--params", str(params)]
+    for how in ("ctrl-c", "kill the launcher"):
+        with open(tmp_path / f"{how}.log", "w") as log:
+            wrapper = subprocess.Popen([PY, "-m", "flows.warm", "--", *evaluate], cwd=root, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        stages: list = []
+        for _ in range(1200):  # until the forked stage runs
+            launchers, stages = _stage_processes(wrapper.pid)
+            if stages:
+                break
+            time.sleep(0.05)
+        assert stages and launchers, (tmp_path / f"{how}.log").read_text()[-2000:]
+        time.sleep(3)  # into its work
+        if how == "ctrl-c":
+            os.killpg(wrapper.pid, signal.SIGINT)
+        else:
+            launchers[0].kill()
+        returncode = wrapper.wait(timeout=120)
+        text = (tmp_path / f"{how}.log").read_text()
+        _, alive = psutil.wait_procs(stages, timeout=30)
+        assert not alive, text[-2000:]
+        if how == "ctrl-c":
+            assert returncode == 130 and "KeyboardInterrupt" in text  # as a cold stage on ^C: the traceback, 128+2
+        else:
+            assert returncode == 128 + signal.SIGKILL and "Crashed" in text  # Prefect saw it end, and says so
