@@ -53,12 +53,14 @@ def hand_off() -> None:
     module, args = found
     request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ),
                "interpreter": interpreter()}
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock = None
     try:
         _wait_until_listening(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.connect(path)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         print(f"warm stage server at {path} did not answer ({exc}); running {module} in this process",
               file=sys.stderr)
         return

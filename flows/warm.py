@@ -214,6 +214,11 @@ def run_stage_here(request: dict, conn: socket.socket, import_env: dict[str, str
     runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
 
 
+def supported() -> bool:
+    """Where a server can run: fork, AF_UNIX SOCK_SEQPACKET (not on macOS) and /proc (the client's liveness check)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SOCK_SEQPACKET") and hasattr(socket, "send_fds")
+
+
 @contextlib.contextmanager
 def server(env: dict[str, str] | None = None, wait: bool = False, ready_timeout: float = 300.0):
     """A warm server for the duration of the block; yields the environment to run stages with (`env`, default ours,
@@ -224,6 +229,11 @@ def server(env: dict[str, str] | None = None, wait: bool = False, ready_timeout:
     import tempfile
     import time
 
+    if not supported():
+        print(f"warm stage processes need Linux (fork, Unix sequenced-packet sockets, /proc); on {sys.platform} "
+              "every stage starts in its own process", file=sys.stderr)
+        yield dict(os.environ if env is None else env)
+        return
     folder = tempfile.mkdtemp(prefix="eapo-warm-")
     path = os.path.join(folder, "server.sock")
     env = {**(os.environ if env is None else env), SOCKET_ENV: path}

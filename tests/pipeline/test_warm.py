@@ -45,6 +45,27 @@ def test_only_python_m_of_a_stage_module_is_handed_off(monkeypatch, argv0, orig,
     assert handoff._stage_of_command_line() == expected
 
 
+def test_where_no_server_can_run_stages_run_cold_and_say_so_once(monkeypatch, capsys):
+    """macOS has no AF_UNIX SOCK_SEQPACKET: no server is started there, and a stage that still finds
+    EAPO_WARM_SOCKET (set by hand) runs in its own process instead of failing."""
+    monkeypatch.setattr(warm.sys, "platform", "darwin")
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("no server process where none can run"))
+    with warm.server(env={"PATH": "/usr/bin"}) as env:
+        assert env == {"PATH": "/usr/bin"}
+    assert "need Linux" in capsys.readouterr().err
+
+    def no_seqpacket(*args, **kwargs):
+        raise OSError(43, "Protocol not supported")
+
+    monkeypatch.setenv(handoff.SOCKET_ENV, "/tmp/somewhere.sock")
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", [PY, "-m", "flows.prepare"])
+    monkeypatch.setattr(handoff, "_wait_until_listening", lambda path: None)
+    monkeypatch.setattr(handoff.socket, "socket", no_seqpacket)
+    assert handoff.hand_off() is None  # returned: the stage goes on here
+    assert "Protocol not supported" in capsys.readouterr().err
+
+
 def _fake_server(path: str, events: list, pid_of_stage: int, returncode: int,
                  stage_ended: threading.Event) -> threading.Thread:
     """A server that accepts one stage, answers with `pid_of_stage` as the stage's pid, and, once `stage_ended` is
