@@ -277,10 +277,15 @@ ADVERSARIAL = {
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_extraction_is_linear_on_crafted_20k_responses(name):
+    """A 20k-character response grades in milliseconds (7 ms at most here); a super-linear pattern takes seconds.
+    The best of three runs is timed: a test worker descheduled under load once read 0.53 s for a 7 ms grading."""
     text = ADVERSARIAL[name][:20000]
-    t0 = time.perf_counter()
-    grade(text, "1", GradeOptions(), ended=True)
-    assert time.perf_counter() - t0 < 0.5, name
+    seconds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        grade(text, "1", GradeOptions(), ended=True)
+        seconds.append(time.perf_counter() - t0)
+    assert min(seconds) < 0.5, (name, seconds)
 
 
 # -- the in-process helpers around grade (issue 16) -------------------------------------------------------------------
