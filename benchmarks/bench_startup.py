@@ -32,14 +32,14 @@ NAME = "bench_startup"
 LIBRARIES = ("torch", "transformers", "prefect", "great_expectations", "pandas", "pyarrow", "math_verify")
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path, warm: bool = False) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path, must_be_warm: bool = False) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     sec = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-2000:]}")
-    if warm and "warm stage server" in proc.stderr:  # declined or gone: it ran cold, which is not what we time
+    if must_be_warm and "warm stage server" in proc.stderr:  # declined or gone: it ran cold, which is not what we time
         raise RuntimeError(f"{' '.join(cmd)} did not run warm:\n{proc.stderr[-2000:]}")
     return sec
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for rep in range(args.reps):
                     for name in (list(cells) if rep % 2 == 0 else list(cells)[::-1]):
                         cmd, extra = cells[name] if isinstance(cells[name], tuple) else (cells[name], {})
-                        times[name].append(timed(cmd, {**env, **extra}, C.ROOT, warm=name.endswith(", warm")))
+                        times[name].append(timed(cmd, {**env, **extra}, C.ROOT, must_be_warm=name.endswith(", warm")))
         finally:
             if pid is not None:
                 stop_pid(pid)

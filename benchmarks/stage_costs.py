@@ -2,9 +2,10 @@
 `eapo.stageio.StageOutputs` next to the outputs) under a data folder.
 
 Columns: the stage process's seconds from process start to commit (start-up and imports included; DVC's own work
-between stages is not; for a stage forked from a warm server, ``warm``, from the fork), its CPU seconds, its peak RSS and the peak RSS of its largest child (reward workers), and the
-wall-time breakdown the stage recorded itself where it did (train: ``wall_seconds``). Not a timed benchmark: it reads
-what the last `dvc repro` measured, so the README's per-stage table can be regenerated after any run.
+between stages is not; for a stage forked from a warm server, ``warm``, from the fork), its CPU seconds, its peak RSS
+and the peak RSS of its largest child (reward workers), and the wall-time breakdown the stage recorded itself where it
+did (train: ``wall_seconds``). Not a timed benchmark: it reads what the last `dvc repro` measured, so the README's
+per-stage table can be regenerated after any run.
 
     .venv/bin/python benchmarks/stage_costs.py            # data/ of this checkout
     .venv/bin/python benchmarks/stage_costs.py --data /path/to/other/checkout/data --json
