@@ -265,7 +265,10 @@ def serving():
     `EAPO_WARM_SOCKET` in our environment for the block, and stops the server after it."""
     previous = os.environ.get(SOCKET_ENV)
     with server() as env:
-        os.environ[SOCKET_ENV] = env[SOCKET_ENV]
+        if SOCKET_ENV in env:
+            os.environ[SOCKET_ENV] = env[SOCKET_ENV]
+        else:  # no server where none can run (`supported`): the stages start cold
+            os.environ.pop(SOCKET_ENV, None)
         try:
             yield
         finally:

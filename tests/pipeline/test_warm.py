@@ -53,6 +53,10 @@ def test_where_no_server_can_run_stages_run_cold_and_say_so_once(monkeypatch, ca
     with warm.server(env={"PATH": "/usr/bin"}) as env:
         assert env == {"PATH": "/usr/bin"}
     assert "need Linux" in capsys.readouterr().err
+    monkeypatch.delenv(handoff.SOCKET_ENV, raising=False)
+    with warm.serving():  # the whole-study flow's server: none, and no socket named for its stages
+        assert handoff.SOCKET_ENV not in os.environ
+    assert handoff.SOCKET_ENV not in os.environ and "need Linux" in capsys.readouterr().err
 
     def no_seqpacket(*args, **kwargs):
         raise OSError(43, "Protocol not supported")
