@@ -141,7 +141,7 @@ def _record(data_root: Path) -> dict:
 
 def _lineage(params_root: Path, key: str):
     table, lineage = read_artifact(next(params_root.rglob(f"{key}.parquet")), "prompts")
-    return table, {k: v for k, v in asdict(lineage).items()}
+    return table, asdict(lineage)
 
 
 @pytest.mark.slow
