@@ -96,13 +96,14 @@ def _wait_until_listening(path: str, timeout: float = 300.0) -> None:
 
 
 def reply(sock: socket.socket) -> dict:
+    """The server's next message; ``Declined`` when it will not serve the stage."""
     data = sock.recv(MAX_MESSAGE)
     if not data:
         raise ConnectionError("the server closed the connection")
-    reply = json.loads(data)
-    if "declined" in reply:
-        raise Declined(reply["declined"])
-    return reply
+    message = json.loads(data)
+    if "declined" in message:
+        raise Declined(message["declined"])
+    return message
 
 
 def _wait_forwarding_signals(sock: socket.socket, pid: int) -> int:
