@@ -182,6 +182,13 @@ class ModelConfig:
     threads: Count | None = 2
     """torch intra-op threads; null leaves torch's default. On 2 loaded cores, 1-2 is right. The environment variable
     `EAPO_THREADS` overrides it at run time without rerunning any stage: cores / N for `dvc queue start --jobs N`."""
+    deterministic: bool = True
+    """On CUDA: kernels that give the same bits on every run (`torch.use_deterministic_algorithms`, cuDNN's
+    deterministic mode, cuBLAS's fixed workspace), so that a rerun of a stage reproduces its artifacts as on CPU.
+    Without them, two trainings of the same seed on an H200 diverged from the first backward (atomic adds in the index
+    and embedding gradients) and sampled different tokens from step 1 on (`benchmarks/bench_device.py`, which also
+    measures the cost). With true, an op that has no deterministic CUDA kernel fails its stage with torch's error
+    naming the op; false puts speed first. Nothing changes on CPU, which is deterministic already."""
     system_prompt: str | None = None
     """Replaces the chat template's default system prompt; null keeps the template's own."""
     instruction: str = "Give only the final answer as a number."

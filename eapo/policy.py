@@ -131,6 +131,26 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
+#: cuBLAS's workspace setting under which its GEMMs give the same bits on every run (torch's deterministic mode needs
+#: it; ``:16:8`` works too, with less memory and some speed lost).
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+def deterministic_kernels(device: torch.device, enabled: bool) -> None:
+    """Make this process's CUDA kernels deterministic (``enabled``) or let torch pick the fastest ones.
+
+    Process-wide, and to be called before the first CUDA kernel runs: cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when
+    it creates its handle. A workspace setting the user exported is kept. Nothing is done for other devices: the CPU
+    kernels the pipeline uses are deterministic already (its artifacts are reproduced bit for bit there)."""
+    if device.type != "cuda":
+        return
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False  # its autotuner picks kernels by timing, which differs between runs
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -395,14 +415,18 @@ def load_policy(
     device: str = "cpu",
     cache_dir: str | Path = ".cache/models",
     seed: int = 0,
+    deterministic: bool = True,
 ) -> Policy:
     """Load a policy (model in eval mode + tokenizer padded on the left) and its lineage ``info``.
 
     ``dtype``: "float32" (default; never bfloat16 on an AVX2-only CPU: it is ~50x slower), "bfloat16", "float16".
     ``device``: "cpu", "cuda", "cuda:N" or "auto". ``seed`` only matters for "tiny-random-llama".
+    ``deterministic``: on CUDA, deterministic kernels for this process (``deterministic_kernels``), as
+    ``model.deterministic`` sets it.
     """
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
+    deterministic_kernels(dev, deterministic)
     cache_dir = Path(cache_dir)
     name = str(name_or_path)
     path = Path(name).expanduser()

@@ -61,7 +61,8 @@ def load_model(params: Params, name: str, seed: int | None = None) -> Policy:
         return load_base_policy(params)
     apply_job_threads(params)
     m = params.model
-    return load_policy(str(path), dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed)
+    return load_policy(str(path), dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed,
+                       deterministic=m.deterministic)
 
 
 @stage_task(name="load-datasets")

