@@ -103,6 +103,36 @@ def test_train_step(out, tmp_path):
     assert _positive(res["verdict"]["ratio"])
 
 
+def test_device_on_cpu(out, tmp_path):
+    """bench_device's four parts on the CPU (its device is CUDA elsewhere): the sampler's records match a plain
+    forward, the CPU copy agrees with itself exactly, and two deterministic training runs write the same model."""
+    res = _load("bench_device").main([*out, "--device", "cpu", "--batches", "4", "--tokens", "3", "--steps", "2",
+                                      "--memory-size", "1x2x8x4"])
+    assert [(r["batch"], r["backend"]) for r in res["sampler"]["rows"]] == [(4, "fast"), (4, "generate")]
+    assert all(r["max |Δ logp| vs forward"] <= 1e-4 for r in res["sampler"]["rows"])
+    agree = res["agreement"]
+    assert agree["max_abs_diff_logp"] == 0 and agree["grad_rel_diff"] == 0 and agree["grad_norm_cpu"] > 0
+    train = res["training"]
+    assert len(train["rows"]) == 5 and all(r["finite weights"] for r in train["rows"])
+    assert train["fp32"] == {"same_model_bytes": True, "same_step_rows": True, "max_abs_weight_diff": 0.0}
+    assert res["memory"]["batch"] == "2 x 12" and _positive(res["memory"]["floor_gib"])
+    assert (tmp_path / "bench_device.json").is_file()
+
+
+def test_device_random_init_has_the_exported_architecture(tmp_path):
+    """--export-config writes a model's config and tokenizer without weights; --random-init builds that architecture
+    with seeded weights, loadable as a local model directory."""
+    mod = _load("bench_device")
+    exported = mod.export_config(TINY, tmp_path / "config")
+    assert (exported / "config.json").is_file() and not list(exported.glob("*.safetensors"))
+    a = mod.random_init_dir(exported, seed=0, dest=tmp_path / "a")
+    b = mod.random_init_dir(exported, seed=0, dest=tmp_path / "b")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    policy = mod.load_on(str(a), "cpu")
+    assert policy.info["kind"] == "local" and policy.info["n_params"] > 0
+    assert policy.tokenizer("2 + 2")["input_ids"]
+
+
 def _server_up() -> bool:
     try:
         from flows.server import api_url, healthy
