@@ -16,12 +16,12 @@ from eapo.config import Params
 from eapo.data import read_records
 from eapo.evaluation import metrics_rows, sample_rows
 from eapo.layout import BASE, train_paths
-from eapo.policy import Policy, load_policy
+from eapo.policy import Policy
 from eapo.reward import RewardScorer
 from eapo.rollouts import sample_and_score
 from tasks import stage_task
 from tasks.publish import Markdown, Publication, Table, markdown_table
-from tasks.rollout import apply_job_threads, first_prompts, load_base_policy, model_cache_dir
+from tasks.rollout import first_prompts, load_base_policy, load_model_policy
 
 PARAMS_KEYS = ("model", "evaluate", "reward")
 TEST = "test"
@@ -59,10 +59,7 @@ def load_model(params: Params, name: str, seed: int | None = None) -> Policy:
     path = check_name(params, name, seed)
     if path is None:
         return load_base_policy(params)
-    apply_job_threads(params)
-    m = params.model
-    return load_policy(str(path), dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed,
-                       deterministic=m.deterministic)
+    return load_model_policy(params, str(path))
 
 
 @stage_task(name="load-datasets")

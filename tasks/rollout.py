@@ -29,11 +29,17 @@ def apply_job_threads(params: Params) -> None:
     set_threads(job_threads(params.model.threads, os.environ.get(THREADS_ENV)))
 
 
-def load_base_policy(params: Params) -> Policy:
+def load_model_policy(params: Params, name_or_path: str) -> Policy:
+    """The policy at `name_or_path` (the base model, or a trained checkpoint) as the `model` section runs it: dtype,
+    device, kernels, seed, and this job's threads."""
     apply_job_threads(params)
     m = params.model
-    return load_policy(m.name_or_path, dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed,
+    return load_policy(name_or_path, dtype=m.dtype, device=m.device, cache_dir=model_cache_dir(params), seed=m.seed,
                        deterministic=m.deterministic)
+
+
+def load_base_policy(params: Params) -> Policy:
+    return load_model_policy(params, params.model.name_or_path)
 
 
 def first_prompts(path: str, n: int | None) -> list[dict]:

@@ -289,7 +289,6 @@ def test_stages_load_the_policy_with_model_deterministic(monkeypatch, determinis
     params = dataclasses.replace(params, model=dataclasses.replace(params.model, deterministic=deterministic))
     seen = []
     monkeypatch.setattr(tasks.rollout, "load_policy", lambda *a, **kw: seen.append(kw["deterministic"]))
-    monkeypatch.setattr(tasks.evaluate, "load_policy", lambda *a, **kw: seen.append(kw["deterministic"]))
     monkeypatch.setattr(tasks.evaluate, "check_name", lambda params, name, seed: Path("some/model"))
     tasks.rollout.load_base_policy(params)
     tasks.evaluate.load_model.fn(params, "grpo", 0)
