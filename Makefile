@@ -9,7 +9,7 @@ FIND_LINKS := $(shell pip config get global.find-links 2>/dev/null)
 UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 # `make test` runs everything, the slow tests too (real SmolLM2, a real Prefect server running the whole pipeline),
 # in parallel over one worker per core, at most 4 (pytest-xdist; every test has its own project copy and Prefect API,
-# and the long ones start first: tests/conftest.py): 9 min 19 s on a fresh clone here, install included (2 workers).
+# and the long ones start first: tests/conftest.py): 9 min 25 s on a fresh clone here, install included (2 workers).
 # `make test-fast` skips the slow ones; `make test TEST_WORKERS=1` runs serially. README "Tests" has the figures.
 # pytest exits 5 when no test ran, which fails the target (xdist keeps that exit code).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
