@@ -2,7 +2,7 @@
 each checked against the same computation on the CPU, with the figures a reader needs before trusting a GPU run.
 
 Nothing in CI has a GPU, and the pipeline's determinism contract is stated for the CPU; this benchmark is how a GPU
-run is checked by hand (README "Performance"). Four parts, each a table; everything also goes to
+run is checked by hand (README "GPU"). Four parts, each a table; everything also goes to
 ``benchmarks/results/bench_device.json``:
 
 1. **sampler**: ``sample(backend="fast")`` vs ``backend="generate"`` tokens/s at several batch sizes, interleaved
@@ -12,8 +12,10 @@ run is checked by hand (README "Performance"). Four parts, each a table; everyth
    prefix sharing, ``eapo.saved_activations``), on the device and on a CPU copy of the same weights, for the same
    rollouts: max |Δ log π| and ‖g_device − g_cpu‖ / ‖g_cpu‖.
 3. **training**: ``eapo.trainer.train`` for ``--steps`` steps (4 prompts × G 4, eapo weighting, a synthetic reward a
-   random-init model can earn), twice from the same weights and seed: seconds per step (the first excluded), peak
-   device memory, and whether the two runs end bitwise equal. Then once more under ``mixed_precision="bf16"``.
+   random-init model can earn), five runs from the same weights and seed, each in its own process as a stage runs:
+   ``model.deterministic`` twice, without it once, and twice under ``mixed_precision="bf16"``. Seconds per step (the
+   first excluded), peak device memory, what determinism costs, and whether two runs of a seed write the same
+   ``model.safetensors``, byte for byte.
 4. **memory**: one update of 32 × 160 tokens plus the AdamW step (issue 14's memory case): the device's peak
    allocated memory against the floor of fp32 weights + gradients + AdamW's two moments.
 
