@@ -48,6 +48,11 @@ def summarize(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "q1": q1, "q3": q3, "n": len(xs)}
 
 
+def after_warmup(xs: list) -> list:
+    """The measurements after the first, which is a warm-up, when there are at least two (else all of them)."""
+    return list(xs[1:]) if len(xs) >= 2 else list(xs)
+
+
 def fmt_stat(s: dict[str, float], digits: int = 3) -> str:
     """'median [min-max]'."""
     f = f"{{:.{digits}g}}"

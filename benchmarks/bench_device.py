@@ -288,8 +288,7 @@ def part_training(name: str, device: str, steps: int, tokens: int, threads: int,
                 "max_abs_weight_diff": max(float((tx[k].float() - ty[k].float()).abs().max()) for k in tx)}
 
     def step_seconds(run):
-        s = [r["seconds"] for r in run["rows"]]
-        return s[1:] if len(s) > 1 else s
+        return C.after_warmup([r["seconds"] for r in run["rows"]])
 
     finite = {label: all(bool(torch.isfinite(v).all()) for v in load_file(weights(r)).values())
               for label, r in runs.items()}

@@ -155,14 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
             runs[side].append(r)
 
     def timed(r):  # steps after the warm-up when there is one
-        return r["step_seconds"][1:] if len(r["step_seconds"]) >= 2 else r["step_seconds"]
+        return C.after_warmup(r["step_seconds"])
 
     rows, st = [], {}
     for side in SIDES:
         t = [x for r in runs[side] for x in timed(r)]
         first = [r["step_seconds"][0] for r in runs[side]]
-        lens = [x for r in runs[side] for x in (r["mean_length"][1:] if len(r["mean_length"]) >= 2
-                                                 else r["mean_length"])]
+        lens = [x for r in runs[side] for x in C.after_warmup(r["mean_length"])]
         st[side] = {"timed": C.summarize(t), "first": C.summarize(first), "len": C.summarize(lens)}
         rows.append({"trainer": "eapo.trainer.train" if side == "ours" else "trl GRPOTrainer 1.16",
                      "s/step (median [min-max])": C.fmt_stat(st[side]["timed"]),
