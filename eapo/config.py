@@ -279,7 +279,8 @@ class SamplingConfig:
     max_new_tokens: Count = 32
     """Response length limit in tokens."""
     batch_size: Count = 64
-    """Sequences decoded together."""
+    """Sequences decoded together. Larger batches keep the matmuls busier for more KV-cache memory. Each batch draws
+    from its own seeded generator, so the samples depend on it."""
     backend: BackendName = "fast"
     """Sampler backend by name (`eapo.sampler.BACKENDS`): `fast`, our KV-cache decode loop that drops finished
     rows; `generate`, transformers' model.generate."""
@@ -513,6 +514,10 @@ class EvaluateConfig(SamplingConfig):
     "large-k" pass@k: flat greedy and large-k pass@k while avg@k rises reads as sharpening."""
     greedy: bool = True
     """Also decode greedily once per prompt for greedy accuracy."""
+    batch_size: Count = 256
+    """Sequences decoded together: the default's 200 sampled rows (50 prompts × k 4) as one batch, which decodes
+    ~1.4x faster than four batches of 64 on 2 CPU cores (the matmuls run at a larger M); its KV cache is ~0.7 GB at
+    32 new tokens. Each batch draws from its own seeded generator, so the samples depend on it."""
     seed: Seed = 1234
     """Sampling seed."""
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)
