@@ -550,6 +550,7 @@ def train(
     on_step: Callable[[dict], None] | None = None,
     stop_after_step: int | None = None,
     reward_fn: RewardFn | None = None,
+    final_checkpoint: bool = True,
 ) -> TrainResult:
     """Train ``policy.model`` in place for ``cfg.steps`` online steps; see the module docstring for one step.
 
@@ -569,6 +570,9 @@ def train(
             without writing ``model/``: simulates a run killed there.
         reward_fn: ``fn(responses, golds) -> rewards`` used instead of the ``RewardScorer``, for tests and
             experiments (e.g. a synthetic reward the tiny random model can earn).
+        final_checkpoint: also checkpoint after the last step (so a later call with more ``steps`` continues from
+            it). False for a caller that deletes the checkpoints once ``model/`` is kept, as the train stage does:
+            1.6 GB written for nothing on SmolLM2. A run killed after its last step then resumes from the one before.
 
     Returns ``TrainResult``. Raises ``TrainingDiverged`` on a NaN/inf loss, gradient norm or weights, or an update
     larger than ``cfg.max_update_ratio`` times the weights.
@@ -684,8 +688,10 @@ def train(
                 if on_step is not None:
                     on_step(dict(row))
 
-            # 7. checkpoint every `checkpoint_every` completed steps and after the last one; keep the newest two.
-            if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+            # 7. checkpoint every `checkpoint_every` completed steps and after the last one (unless the caller drops
+            # it); keep the newest two.
+            last = step == cfg.steps - 1
+            if (last and final_checkpoint) or (not last and (step + 1) % cfg.checkpoint_every == 0):
                 if accelerator.is_main_process:
                     checkpoint.save(ckpt_root, step, model=raw_model, optimizer=optimizer, scheduler=scheduler,
                                     steps=rows, config=run_config)

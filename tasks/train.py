@@ -84,7 +84,9 @@ def train_policy(policy: Policy, prompts: list[dict], params: Params, variant: s
                  initial: list[tuple[Sample, float]] | None) -> TrainResult:
     """`train.steps` steps of the variant's update; the trainer logs one line per step (eapo.train)."""
     return train(policy, prompts, params.train, variant, params.variants[variant], params.model, params.reward,
-                 run_dir, initial_samples=initial)
+                 run_dir, initial_samples=initial,
+                 # the stage deletes its checkpoints once the model is committed (flows/train.py): none after the end
+                 final_checkpoint=False)
 
 
 def train_inputs(params: Params, initial: list | None) -> dict[str, str]:

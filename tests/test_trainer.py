@@ -589,3 +589,26 @@ def test_entropy_baselines_train_two_steps(base, prompts, tmp_path, grpo_two_ste
         assert_same_weights(load_weights(base, again.model_dir), load_weights(base, res.model_dir))
     w_new = load_weights(base, res.model_dir)
     assert any(not torch.equal(w_new[k], grpo_two_steps[k]) for k in grpo_two_steps)
+
+
+def test_no_checkpoint_after_the_last_step_when_the_caller_does_not_keep_it(base, prompts, tmp_path):
+    """final_checkpoint=False (the train stage, which deletes its checkpoints once the model is committed): the
+    checkpoints on the cadence are written, the one after the last step is not, and the model is the same."""
+    res = run(base, prompts, tmp_path, final_checkpoint=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00001"]
+    assert (res.model_dir / "model.safetensors").is_file()
+    assert [r["step"] for r in res.steps] == list(range(CFG.steps))
+
+
+def test_the_train_stage_asks_for_no_final_checkpoint(monkeypatch, tmp_path):
+    """The stage removes its run folder (checkpoints are for resuming only) as soon as the model is committed, so a
+    checkpoint after the last step would be written only to be deleted."""
+    import tasks.train as stage
+
+    seen = {}
+    monkeypatch.setattr(stage, "train", lambda *a, **kw: seen.update(kw))
+    from eapo.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    stage.train_policy.fn(None, [], params, "grpo", tmp_path, None)
+    assert seen["final_checkpoint"] is False
