@@ -406,7 +406,8 @@ class TrainConfig(SamplingConfig):
     runs stay far below (about 1e-3 per update at lr 4e-5); lr 1e6 gives about 1e7 while the loss stays finite.
     null = no bound (and no copy of the weights is kept for it). Non-finite weights always stop the run."""
     checkpoint_every: Count = 5
-    """Save model, optimizer, scheduler and RNG state every N steps (and at the end)."""
+    """Save model, optimizer, scheduler and RNG state every N steps, for resuming a killed run. The train stage
+    writes none after its last step: it deletes its checkpoints once the model is committed."""
     chunk_size: Count = 256
     """Tokens per chunk in the log-prob/entropy computation (bounds peak memory)."""
     seed: Seed = 0
@@ -415,6 +416,13 @@ class TrainConfig(SamplingConfig):
     """Step 0 reuses the rollout stage's samples when the rollout params equal these (the policy is unchanged)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Passed to accelerate. `no` on CPU."""
+    skip_zero_advantage: bool = True
+    """Leave responses whose Â is 0 at every token (GRPO: each response of a group whose rewards are all equal) out
+    of the update's forward/backward. Under the clipped surrogate without a KL term such a response adds exactly 0
+    to the loss and to the gradient, so the update is the same up to float summation order (the weights differ in
+    their last bits) and costs only the responses that carry a signal; `approx_kl` is then the mean over the
+    responses run. Not applied where a response with Â = 0 still counts: kl_coef > 0, a policy loss that is not
+    inert at Â = 0 (entropy_bonus, clip_cov, kl_cov), or several processes. false = run every response."""
 
     def validate(self, key: str) -> None:
         if self.group_size < 2:

@@ -24,14 +24,17 @@ is a padded batched pass, so on the first minibatch r = 1 up to float rounding (
 
 Forward passes (``eapo.forward``). The update's log-probs never build [B, T, V] logits, and the G responses of a
 group share one forward of their prompt (``grouped_logprobs``) where the model allows it. A minibatch's rows are sorted
-(by prompt, then length) before it is cut into micro-batches, so similar rows share one.
+(by prompt, then length) before it is cut into micro-batches, so similar rows share one. Responses without a learning
+signal (Â = 0 at every token: under GRPO every response of a group whose rewards are all equal, often half a batch)
+are not run at all where that is exact (``train.skip_zero_advantage``, ``skips_silent_rows``).
 
 Metrics row (``STEP_KEYS``; python ints/floats, always finite, 0.0 where undefined). Sample statistics
 (``reward_mean``, ``accuracy`` = share of reward == 1, ``entropy_mean`` per token, ``response_length`` per response,
 ``tokens``, ``tau``, ``mixed_groups`` = share of groups whose rewards are not all equal, ``count_*`` per quadrant)
 describe the step's samples before the update. ``loss`` (surrogate + KL term, as optimised) and ``grad_norm``
-(pre-clip total norm) are means over the step's optimizer steps; ``clip_frac`` and ``approx_kl`` (k3 estimate of
-KL(π_old ‖ π_θ)) are token means over every update of the step. ``lr`` is the rate the step trained at.
+(pre-clip total norm) are means over the step's optimizer steps; ``clip_frac`` is a token mean over every update of
+the step (a response left out for lack of signal has Â = 0, which no clip changes) and ``approx_kl`` (k3 estimate of
+KL(π_old ‖ π_θ)) a token mean over the responses the updates ran. ``lr`` is the rate the step trained at.
 ``grad_share_*`` is each quadrant's share of Σ|A|·‖∇_z log π‖ (w = 1) and ``weighted_grad_share_*`` the same with
 the variant's Â = A·w, ‖∇_z log π‖ from the sampler's π(y) and Σπ². ``tokens_per_s`` is sampling throughput and
 ``seconds`` the step's wall time without the checkpoint write: the only two columns that differ between runs.
@@ -209,10 +212,22 @@ def accumulate_gradients(
     ``policy_loss_terms``). Losses with a random token choice (Clip-Cov) draw it from a generator seeded by
     (``loss_seed``, micro-batch index), so the update is reproducible.
 
+    Responses whose Â is 0 at every token are left out of the forward/backward where ``skips_silent_rows`` says
+    they add exactly nothing (``train.skip_zero_advantage``); when none is left, every trainable parameter gets a
+    zero gradient, so the optimizer still steps as it would on the computed one.
+
     Raises ``TrainingDiverged(step)`` on a non-finite loss, before anything reaches the optimizer.
-    Returns sums over the minibatch: loss, tokens, clipped (token count), approx_kl (Σ over tokens).
+    Returns sums over the minibatch: loss, tokens (every response token), evaluated_tokens (those run),
+    clipped (token count), approx_kl (Σ over the evaluated tokens).
     """
     device = next(model.parameters()).device
+    n_tokens = float(sum(len(r.response_ids) for r in rollouts))
+    if skips_silent_rows(cfg, policy_loss, accelerator):
+        rollouts = [r for r in rollouts if any(r.adv_tokens)]
+        if not rollouts:
+            for p in model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
     if share_prompts is None:
         share_prompts = supports_prefix_sharing(model)
     elif share_prompts and not supports_prefix_sharing(model):
@@ -229,7 +244,7 @@ def accumulate_gradients(
     aggregation = AGGREGATIONS[cfg.agg]
     order = sorted(range(len(rollouts)), key=key)
     chunks = [order[k:k + cfg.micro_batch_size] for k in range(0, len(order), cfg.micro_batch_size)]
-    out = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0}
+    out = {"loss": 0.0, "tokens": n_tokens, "evaluated_tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0}
     for c, chunk in enumerate(chunks):
         rows = [rollouts[i] for i in chunk]
         # A micro-batch without response tokens has nothing to share: the full-sequence path handles it as before.
@@ -268,10 +283,19 @@ def accumulate_gradients(
         with torch.no_grad():
             r = parts["ratio"][mask]
             out["loss"] += float(loss.detach())
-            out["tokens"] += float(mask.sum())
+            out["evaluated_tokens"] += float(mask.sum())
             out["clipped"] += float(parts["clipped"].sum())
             out["approx_kl"] += float(((r - 1.0) - torch.log(r)).sum())
     return out
+
+
+def skips_silent_rows(cfg: TrainConfig, policy_loss: PolicyLoss | None, accelerator=None) -> bool:
+    """Whether the update may leave out responses whose Â is 0 at every token: ``cfg.skip_zero_advantage``, a loss
+    inert at Â = 0 (the default surrogate is), no KL term, and one process (under DDP every rank must run its
+    backward, or the gradient all-reduce waits for it)."""
+    inert = policy_loss is None or policy_loss.inert_at_zero_advantage
+    one_process = accelerator is None or accelerator.num_processes == 1
+    return cfg.skip_zero_advantage and inert and cfg.kl_coef == 0 and one_process
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -386,13 +410,14 @@ def _per_token(samples: Sequence[Sample], attr: str) -> torch.Tensor:
 def _update(model, optimizer, guard: _UpdateGuard, rollouts: list[Rollout], cfg: TrainConfig, *, step: int,
             rank: int, accelerator, pad_id: int, ref_model, loss_fn: PolicyLoss | None) -> dict[str, float]:
     """``ppo_epochs`` passes over the step's rollouts, each in ``minibatches`` seeded-random minibatches, one AdamW
-    step per minibatch. Returns sums over the step: loss, tokens, clipped, approx_kl, grad_norm, and n_opt (the
-    number of optimizer steps)."""
+    step per minibatch. Returns sums over the step: loss, tokens, evaluated_tokens, clipped, approx_kl, grad_norm, and
+    n_opt (the number of optimizer steps)."""
     world = accelerator.num_processes
     model.train()
     torch.manual_seed(derive_seed(cfg.seed, step, rank, "dropout"))  # dropout, if the model has any
     shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank, "minibatch"))
-    upd = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "n_opt": 0}
+    upd = {"loss": 0.0, "tokens": 0.0, "evaluated_tokens": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0,
+           "n_opt": 0}
     for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(len(rollouts), generator=shuffle).tolist()
         for mb_no, mb_idx in enumerate(np.array_split(np.asarray(perm), cfg.minibatches)):
@@ -409,7 +434,7 @@ def _update(model, optimizer, guard: _UpdateGuard, rollouts: list[Rollout], cfg:
             optimizer.step()
             guard.check(step)
             optimizer.zero_grad(set_to_none=True)
-            for k in ("loss", "tokens", "clipped", "approx_kl"):
+            for k in ("loss", "tokens", "evaluated_tokens", "clipped", "approx_kl"):
                 upd[k] += stats[k]
             upd["grad_norm"] += float(grad_norm)
             upd["n_opt"] += 1
@@ -435,6 +460,8 @@ class StepSums:
     sampled_tokens: float
     loss: float
     update_tokens: float
+    evaluated_tokens: float
+    """Update tokens the forward ran (``skip_zero_advantage`` leaves responses without a signal out)."""
     clipped: float
     approx_kl: float
     counts: list
@@ -464,7 +491,8 @@ def _step_sums(samples: Sequence[Sample], rewards: torch.Tensor, entropy: torch.
         entropy=float(entropy.sum()), tokens=float(entropy.numel()),
         groups=group_r.shape[0], mixed_groups=float((group_r.amax(1) != group_r.amin(1)).sum()),
         sampled_tokens=float(sampled_tokens),
-        loss=upd["loss"], update_tokens=upd["tokens"], clipped=upd["clipped"], approx_kl=upd["approx_kl"],
+        loss=upd["loss"], update_tokens=upd["tokens"],
+        evaluated_tokens=upd["evaluated_tokens"], clipped=upd["clipped"], approx_kl=upd["approx_kl"],
         counts=[ann.quadrants[q]["count"] for q in QUADRANTS],
         grad_mass=[ann.quadrants[q]["grad_mass"] for q in QUADRANTS],
         weighted_grad_mass=[ann.weighted_quadrants[q]["grad_mass"] for q in QUADRANTS],
@@ -513,7 +541,7 @@ class StepRow:
             # every rank holds the same DDP-averaged loss, so the sum over ranks is divided by their number
             loss=s.loss / world / n_opt,
             clip_frac=s.clipped / s.update_tokens if s.update_tokens else 0.0,
-            approx_kl=s.approx_kl / s.update_tokens if s.update_tokens else 0.0,
+            approx_kl=s.approx_kl / s.evaluated_tokens if s.evaluated_tokens else 0.0,
             grad_norm=upd["grad_norm"] / n_opt, lr=lr, tau=float(tau) if math.isfinite(tau) else 0.0,
             tokens=round(s.tokens), mixed_groups=s.mixed_groups / s.groups if s.groups else 0.0,
             count={q: round(c) for q, c in zip(QUADRANTS, s.counts)},

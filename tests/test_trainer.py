@@ -591,6 +591,118 @@ def test_entropy_baselines_train_two_steps(base, prompts, tmp_path, grpo_two_ste
     assert any(not torch.equal(w_new[k], grpo_two_steps[k]) for k in grpo_two_steps)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Rows without a learning signal (train.skip_zero_advantage)
+
+
+def with_silent_rows(vocab: int) -> list[Rollout]:
+    """grouped_rollouts with two of its three groups unmixed (every Â of their rows 0, as GRPO gives a group whose
+    rewards are all equal) and one more silent row in the mixed group."""
+    rollouts = grouped_rollouts(vocab, seed=5)
+    for k, r in enumerate(rollouts[:-1]):
+        if k % 3 != 1 or k == 4:
+            r.adv_tokens = [0.0] * len(r.adv_tokens)
+    return rollouts
+
+
+def count_forward_rows(monkeypatch) -> list[int]:
+    seen: list[int] = []
+    real = trainer_mod.micro_logprobs
+
+    def counting(model, rows, *args, **kw):
+        seen.append(len(rows))
+        return real(model, rows, *args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "micro_logprobs", counting)
+    return seen
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
+def test_rows_without_signal_are_not_run_and_the_gradient_is_the_same(base, monkeypatch, agg):
+    """Under the clipped surrogate without a KL term a row whose Â is 0 everywhere adds exactly 0 to the loss and to
+    the gradient, so the update leaves it out of the forward/backward: the gradient, loss and clipped count equal
+    the full update's (up to float summation order), and only the signal rows are run."""
+    model = copy.deepcopy(base.model).train()
+    rollouts = with_silent_rows(model.config.vocab_size)
+    set_old_logp(model, rollouts, noise=0.3)
+    signal = [r for r in rollouts if any(a != 0.0 for a in r.adv_tokens)]
+    assert 0 < len(signal) < len(rollouts)
+    denom = loss_denominator(rollouts, agg)
+    results = {}
+    for skip in (False, True):
+        seen = count_forward_rows(monkeypatch)
+        cfg = dataclasses.replace(CFG, agg=agg, micro_batch_size=4, chunk_size=3, skip_zero_advantage=skip)
+        stats = accumulate_gradients(model, rollouts, cfg, denom=denom, pad_id=0)
+        results[skip] = stats, {n: p.grad.clone() for n, p in model.named_parameters()}, sum(seen)
+        model.zero_grad(set_to_none=True)
+    (full, full_grad, full_rows), (skipped, skip_grad, skip_rows) = results[False], results[True]
+    assert full_rows == len(rollouts) and skip_rows == len(signal)
+    n_tokens = sum(len(r.response_ids) for r in rollouts)
+    assert full["tokens"] == skipped["tokens"] == n_tokens
+    assert full["evaluated_tokens"] == n_tokens
+    assert skipped["evaluated_tokens"] == sum(len(r.response_ids) for r in signal)
+    assert skipped["clipped"] == full["clipped"] > 0
+    assert skipped["loss"] == pytest.approx(full["loss"], rel=1e-5, abs=1e-7)
+    for n in full_grad:
+        rel = ((skip_grad[n] - full_grad[n]).norm() / full_grad[n].norm()).item()
+        assert rel < 1e-5, (n, rel)
+
+
+def test_a_minibatch_without_signal_gives_zero_gradients_so_adam_still_steps(base, monkeypatch):
+    """Nothing to run: no forward at all, and every trainable parameter gets a zero gradient (not None), so AdamW
+    still applies its momentum as it did when the zero gradient was computed."""
+    rollouts = with_silent_rows(base.model.config.vocab_size)
+    for r in rollouts:
+        r.adv_tokens = [0.0] * len(r.adv_tokens)
+    seen = count_forward_rows(monkeypatch)
+    model = copy.deepcopy(base.model).train()
+    stats = accumulate_gradients(model, rollouts, CFG, denom=loss_denominator(rollouts, CFG.agg), pad_id=0)
+    assert seen == [] and stats["loss"] == 0.0 and stats["evaluated_tokens"] == 0.0
+    assert stats["tokens"] == sum(len(r.response_ids) for r in rollouts)
+    for n, p in model.named_parameters():
+        assert p.grad is not None and not p.grad.any(), n
+    # the same as the computed zero gradient: AdamW moves the weights by its momentum either way
+    full = copy.deepcopy(base.model).train()
+    accumulate_gradients(full, rollouts, dataclasses.replace(CFG, skip_zero_advantage=False),
+                         denom=loss_denominator(rollouts, CFG.agg), pad_id=0)
+    assert all(not p.grad.any() for p in full.parameters())
+
+
+@pytest.mark.parametrize("case", ["entropy_bonus", "clip_cov", "kl_coef"])
+def test_rows_without_signal_still_run_where_the_loss_needs_them(base, monkeypatch, case):
+    """An entropy bonus has a gradient at Â = 0, Clip-Cov's covariance is taken over every token of the batch, and a
+    KL term pulls every row: no row is left out for these."""
+    from eapo.core.losses import build_policy_loss
+
+    rollouts = with_silent_rows(base.model.config.vocab_size)
+    cfg, kw = CFG, {}
+    if case == "kl_coef":
+        cfg = dataclasses.replace(CFG, kl_coef=0.1)
+        kw["ref_model"] = copy.deepcopy(base.model).eval().requires_grad_(False)
+    else:
+        kw["policy_loss"] = build_policy_loss(case)
+    seen = count_forward_rows(monkeypatch)
+    stats = accumulate_gradients(copy.deepcopy(base.model).train(), rollouts, cfg,
+                                 denom=loss_denominator(rollouts, cfg.agg), pad_id=0, **kw)
+    assert sum(seen) == len(rollouts) * (2 if case == "kl_coef" else 1)  # with a KL term, the reference's too
+    assert stats["evaluated_tokens"] == stats["tokens"] == sum(len(r.response_ids) for r in rollouts)
+
+
+def test_skipping_silent_rows_trains_the_same_policy(reference_run, base, prompts, tmp_path):
+    """A whole run with and without the skip: the same trajectory up to float summation order (same rewards and
+    sample statistics while the samples agree, weights within float rounding of each other after 4 steps)."""
+    off = run(base, prompts, tmp_path / "off", cfg=dataclasses.replace(CFG, skip_zero_advantage=False))
+    ref, ref_weights = reference_run
+    update = ("loss", "approx_kl", "grad_norm", "clip_frac")  # from the update's forward: equal up to rounding
+    first = [k for k in STEP_KEYS if k not in WALL_TIME_KEYS and k not in update]
+    assert {k: off.steps[0][k] for k in first} == {k: ref.steps[0][k] for k in first}
+    for k in update:
+        assert off.steps[0][k] == pytest.approx(ref.steps[0][k], rel=1e-3, abs=1e-6), k
+    w_off = load_weights(base, off.model_dir)
+    for k in ref_weights:
+        assert (w_off[k] - ref_weights[k]).abs().max().item() < 1e-4, k
+
+
 def test_no_checkpoint_after_the_last_step_when_the_caller_does_not_keep_it(base, prompts, tmp_path):
     """final_checkpoint=False (the train stage, which deletes its checkpoints once the model is committed): the
     checkpoints on the cadence are written, the one after the last step is not, and the model is the same."""

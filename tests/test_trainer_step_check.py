@@ -264,7 +264,8 @@ def test_loss_denominator_counts_tokens_or_non_empty_responses():
 
 
 SUMS = dict(responses=4, reward=2.0, correct=1.0, entropy=6.0, tokens=12.0, groups=2, mixed_groups=1.0,
-            sampled_tokens=12.0, loss=0.5, update_tokens=24.0, clipped=6.0, approx_kl=0.24, counts=[1, 2, 3, 0],
+            sampled_tokens=12.0, loss=0.5, update_tokens=24.0, evaluated_tokens=12.0, clipped=6.0, approx_kl=0.24,
+            counts=[1, 2, 3, 0],
             grad_mass=[1.0, 1.0, 2.0, 0.0], weighted_grad_mass=[0.0, 0.0, 0.0, 0.0])
 
 
@@ -277,7 +278,7 @@ def test_step_row_is_named_and_laid_out_in_the_steps_contract_order():
     assert list(row) == [name for name, _ in STEP_COLUMNS] + ["tokens_per_s", "seconds"]
     assert row == {
         "step": 3, "variant": "v", "reward_mean": 0.5, "accuracy": 0.25, "entropy_mean": 0.5, "response_length": 3.0,
-        "loss": 0.25, "clip_frac": 0.25, "approx_kl": 0.01, "grad_norm": 1.5, "lr": 1e-3, "tau": 0.0, "tokens": 12,
+        "loss": 0.25, "clip_frac": 0.25, "approx_kl": 0.02, "grad_norm": 1.5, "lr": 1e-3, "tau": 0.0, "tokens": 12,
         "mixed_groups": 0.5, "count_pos_high": 1, "count_pos_low": 2, "count_neg_high": 3, "count_neg_low": 0,
         "grad_share_pos_high": 0.25, "grad_share_pos_low": 0.25, "grad_share_neg_high": 0.5, "grad_share_neg_low": 0.0,
         **{f"weighted_grad_share_{q}": 0.0 for q in ("pos_high", "pos_low", "neg_high", "neg_low")},
@@ -326,11 +327,12 @@ def test_step_sums_of_one_rank_from_samples_rewards_and_annotation():
     ann = dataclasses.make_dataclass("Ann", ["quadrants", "weighted_quadrants"])(
         {q: {"count": i + 1, "grad_mass": 0.5 * i} for i, q in enumerate(quads)},
         {q: {"count": i + 1, "grad_mass": 2.0 * i} for i, q in enumerate(quads)})
-    upd = {"loss": 0.75, "tokens": 12.0, "clipped": 3.0, "approx_kl": 0.125, "grad_norm": 9.0, "n_opt": 2}
+    upd = {"loss": 0.75, "tokens": 12.0, "evaluated_tokens": 8.0, "clipped": 3.0, "approx_kl": 0.125,
+           "grad_norm": 9.0, "n_opt": 2}
     s = trainer_mod._step_sums(samples, rewards, entropy, ann, upd, 2, 17.0)
     assert dataclasses.asdict(s) == dict(
         responses=4, reward=2.0, correct=1.0, entropy=4.0, tokens=6.0, groups=2, mixed_groups=1.0,
-        sampled_tokens=17.0, loss=0.75, update_tokens=12.0, clipped=3.0, approx_kl=0.125,
+        sampled_tokens=17.0, loss=0.75, update_tokens=12.0, evaluated_tokens=8.0, clipped=3.0, approx_kl=0.125,
         counts=[1, 2, 3, 4], grad_mass=[0.0, 0.5, 1.0, 1.5], weighted_grad_mass=[0.0, 2.0, 4.0, 6.0])
     # Groups are consecutive runs of group_size: as one group of four, that group has contrast.
     one_group = trainer_mod._step_sums(samples, rewards, entropy, ann, upd, 4, 17.0)
@@ -340,7 +342,8 @@ def test_step_sums_of_one_rank_from_samples_rewards_and_annotation():
 def test_step_row_ratios_are_zero_where_undefined_and_tau_is_kept_when_finite():
     from eapo.trainer import StepRow, StepSums
 
-    empty = StepSums(**{**SUMS, "entropy": 0.0, "tokens": 0.0, "update_tokens": 0.0, "clipped": 0.0,
+    empty = StepSums(**{**SUMS, "entropy": 0.0, "tokens": 0.0, "update_tokens": 0.0, "evaluated_tokens": 0.0,
+                        "clipped": 0.0,
                         "approx_kl": 0.0, "groups": 0, "mixed_groups": 0.0, "grad_mass": [0.0] * 4,
                         "sampled_tokens": 0.0})
     row = StepRow.of(1, "v", empty, {"n_opt": 0, "grad_norm": 0.0}, world=1, lr=0.5, tau=2.5,
@@ -351,12 +354,14 @@ def test_step_row_ratios_are_zero_where_undefined_and_tau_is_kept_when_finite():
     assert row.loss == SUMS["loss"] and row.grad_norm == 0.0 and row.tau == 2.5 and row.lr == 0.5
     assert row.response_length == 0.0 and row.tokens == 0
     # Every ratio of the row with its own numerator and denominator (world 4: only the loss is divided by it).
+    # clip_frac over every update token, approx_kl over the tokens the update ran (silent responses left out)
     s = StepSums(**{**SUMS, "loss": 6.0, "clipped": 3.0, "approx_kl": 1.5, "update_tokens": 12.0,
+                    "evaluated_tokens": 6.0,
                     "sampled_tokens": 30.0, "groups": 4, "mixed_groups": 3.0, "tokens": 10.0, "entropy": 5.0})
     r = StepRow.of(2, 7, s, {"n_opt": 3, "grad_norm": 6.0}, world=4, lr=1.0, tau=-1.0, sample_seconds=3.0,
                    seconds=1.0)
     assert r.variant == "7" and r.step == 2
-    assert r.loss == pytest.approx(0.5) and r.grad_norm == 2.0 and r.clip_frac == 0.25 and r.approx_kl == 0.125
+    assert r.loss == pytest.approx(0.5) and r.grad_norm == 2.0 and r.clip_frac == 0.25 and r.approx_kl == 0.25
     assert r.mixed_groups == 0.75 and r.entropy_mean == 0.5 and r.response_length == 2.5
     assert r.tokens_per_s == 10.0 and r.tau == -1.0 and r.tokens == 10
     assert r.grad_share == {"pos_high": 0.25, "pos_low": 0.25, "neg_high": 0.5, "neg_low": 0.0}
@@ -386,7 +391,7 @@ def test_step_sums_flat_lists_scalars_then_each_quadrant_in_field_order():
     from eapo.trainer import StepSums
 
     flat = StepSums(**SUMS).flat()
-    assert flat == [4, 2.0, 1.0, 6.0, 12.0, 2, 1.0, 12.0, 0.5, 24.0, 6.0, 0.24, 1, 2, 3, 0,
+    assert flat == [4, 2.0, 1.0, 6.0, 12.0, 2, 1.0, 12.0, 0.5, 24.0, 12.0, 6.0, 0.24, 1, 2, 3, 0,
                     1.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 

@@ -251,6 +251,10 @@ class PolicyLoss(abc.ABC):
 
     name: ClassVar[str] = "base"
     needs_entropy: ClassVar[bool] = False
+    #: True when a token with Â = 0 gets loss 0 and gradient 0 whatever else its batch holds (no term of its own and
+    #: no statistic over the batch), so the trainer may leave responses whose Â is 0 everywhere out of the update
+    #: (``train.skip_zero_advantage``). False unless a loss says so.
+    inert_at_zero_advantage: ClassVar[bool] = False
 
     @property
     def params(self) -> dict[str, Any]:
@@ -333,7 +337,10 @@ def token_covariance(adv: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
 
 @POLICY_LOSSES.register("ppo_clip")
 class PPOClip(PolicyLoss):
-    """The clipped PPO/GRPO/DAPO surrogate of ``policy_loss_terms`` (decoupled clip range ε_low/ε_high)."""
+    """The clipped PPO/GRPO/DAPO surrogate of ``policy_loss_terms`` (decoupled clip range ε_low/ε_high). At Â = 0 both
+    branches are −r·0, so the token's loss and gradient are 0: inert."""
+
+    inert_at_zero_advantage = True
 
     def __init__(self) -> None:
         pass
