@@ -208,7 +208,7 @@ def grouped_logprobs(
     if S:  # the common prefix, batch 1, then one cache row per distinct prompt
         prefix = torch.tensor([distinct[0][:S]], dtype=torch.long, device=device)
         base(input_ids=prefix, use_cache=True, **{cache_kw: cache})
-        cache.batch_select_indices(torch.zeros(U, dtype=torch.long, device=device))
+        _repeat_cache_rows(cache, torch.zeros(U, dtype=torch.long, device=device))
     suffixes = [p[S:] for p in distinct]
     suf_len = torch.tensor([len(x) for x in suffixes], dtype=torch.long, device=device)
     Ls = int(suf_len.max())
@@ -219,11 +219,11 @@ def grouped_logprobs(
                   **{cache_kw: cache}).last_hidden_state
     h_last = hidden[torch.arange(U, device=device), suf_len - 1]  # [U, D]: predicts response token 0
     if not identity:
-        h_last = h_last[expand]
+        h_last = h_last.index_select(0, expand)
     predict = h_last[:, None]
     if R > 1:  # response tokens 0..R-2 (each row's last token predicts nothing) against its prompt's cache
         if not identity:
-            cache.batch_select_indices(expand)
+            _repeat_cache_rows(cache, expand)
             mask = mask[expand]
         ids, in_mask = _right_pad([r[:-1] for r in responses], pad_id, R - 1, device)
         mask = torch.cat([mask, in_mask], dim=1)
@@ -243,6 +243,16 @@ def grouped_logprobs(
     return (zeros.masked_scatter(response_mask, logp),
             zeros.masked_scatter(response_mask, ent if entropy_grad else ent.detach()))
 
+
+
+def _repeat_cache_rows(cache, index: Tensor) -> None:
+    """Every layer's keys/values [U, ...] -> [len(index), ...] by ``index_select``. Not the cache's own
+    ``batch_select_indices``: that indexes (``keys[index]``), whose backward adds repeated rows' gradients with
+    parallel atomic adds on CPU, so a sum over many rows of one prompt changed bits from run to run;
+    ``index_select``'s backward (``index_add_``) adds them in row order."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -724,3 +724,30 @@ def test_the_train_stage_asks_for_no_final_checkpoint(monkeypatch, tmp_path):
     params = load_params(ROOT / "params.yaml")
     stage.train_policy.fn(None, [], params, "grpo", tmp_path, None)
     assert seen["final_checkpoint"] is False
+
+
+def test_a_micro_batch_of_one_group_has_a_reproducible_gradient_on_several_threads(base):
+    """Every row of a micro-batch shares one prompt (one GRPO group; G = 8 with micro-batches of 8 always, and a
+    group alone once silent rows are left out): the prompt's keys/values are repeated to every row. Repeating them by
+    advanced indexing has a backward that adds every row's gradient into the one prompt row with parallel atomic
+    adds on CPU, so the sum's order, hence its bits, changed from run to run; the gradient must be the same every
+    time."""
+    model = copy.deepcopy(base.model).train()
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    prompt = torch.randint(0, vocab, (80,), generator=g).tolist()
+    rows = 16  # 16 rows x 80 prompt tokens x 64 key/value values per layer: above the CPU kernels' parallel grain
+    responses = [torch.randint(0, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(rows)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        digests = set()
+        for _ in range(6):
+            model.zero_grad(set_to_none=True)
+            logp, _ = grouped_logprobs(model, [prompt] * rows, responses, pad_id=0, chunk_size=64)
+            logp.sum().backward()
+            digests.add(b"".join(p.grad.numpy().tobytes() for p in model.parameters()))
+    finally:
+        torch.set_num_threads(before)
+    assert len(digests) == 1, f"{len(digests)} different gradients in 6 identical backward passes"
