@@ -684,6 +684,68 @@ def _default_mp_context() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+# Why the pool has its own process classes: a process started with spawn or forkserver re-runs the parent's
+# ``__main__`` (as ``__mp_main__``) before it unpickles its target, so that functions defined in a script can be found.
+# A stage's ``__main__`` is ``flows.<stage>``, which imports torch, transformers, Prefect and the project: every
+# reward worker spent ~3 s and ~380 MB on that import before grading anything. Everything the pool sends to a worker
+# lives in this module (``_grade_task``, ``_worker_init``, ``_ping``, ``GradeOptions``), so the workers skip it.
+# multiprocessing has no option for this; the preparation data it builds for a child is filtered instead, only while
+# one of these classes launches a process (a thread-local flag), so every other process is started as before.
+_LAUNCHING_WITHOUT_MAIN = threading.local()
+_MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
+_PATCH_LOCK = threading.Lock()
+_stdlib_preparation_data: Any = None  # multiprocessing.spawn.get_preparation_data, once wrapped
+
+
+def _preparation_data(name: str) -> dict:
+    data = _stdlib_preparation_data(name)
+    if getattr(_LAUNCHING_WITHOUT_MAIN, "on", False):
+        for key in _MAIN_KEYS:
+            data.pop(key, None)
+    return data
+
+
+def _launch_without_main(popen: Any, process_obj: Any) -> Any:
+    """``popen(process_obj)`` (which builds the preparation data and starts the child) without the main keys."""
+    from multiprocessing import spawn
+
+    global _stdlib_preparation_data
+    with _PATCH_LOCK:
+        if spawn.get_preparation_data is not _preparation_data:  # once per process: wrap the stdlib's builder
+            _stdlib_preparation_data = spawn.get_preparation_data
+            spawn.get_preparation_data = _preparation_data
+    _LAUNCHING_WITHOUT_MAIN.on = True
+    try:
+        return popen(process_obj)
+    finally:
+        _LAUNCHING_WITHOUT_MAIN.on = False
+
+
+
+class _SpawnWorker(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _launch_without_main(multiprocessing.context.SpawnProcess._Popen, process_obj)
+
+
+class _SpawnWorkers(multiprocessing.context.SpawnContext):
+    Process = _SpawnWorker
+
+
+_WORKER_CONTEXTS: dict[str, type] = {"spawn": _SpawnWorkers}
+if hasattr(multiprocessing.context, "ForkServerContext"):  # POSIX
+
+    class _ForkServerWorker(multiprocessing.context.ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _launch_without_main(multiprocessing.context.ForkServerProcess._Popen, process_obj)
+
+    class _ForkServerWorkers(multiprocessing.context.ForkServerContext):
+        Process = _ForkServerWorker
+
+    _WORKER_CONTEXTS["forkserver"] = _ForkServerWorkers
+
+
 def _add_forkserver_preload() -> None:
     """Have the fork server import math-verify and warm it up once (``eapo.reward_warmup``), so that a new or
     replacement worker is a cheap, ready fork of a clean, single-threaded process instead of a fresh interpreter
@@ -725,9 +787,10 @@ class RewardScorer:
     ``"answer_too_complex"``. ``mp_context``: ``"forkserver"`` (default where available: the fork server is a fresh
     single-threaded process that preloads math-verify, so replacing a killed worker takes milliseconds) or
     ``"spawn"`` (each worker a fresh interpreter, seconds to import sympy); never ``"fork"`` (the trainer has torch
-    threads). As with any non-fork start method, a script that creates a scorer needs the
-    ``if __name__ == "__main__":`` guard. ``startup_timeout_s``: how long :meth:`start` waits for the workers.
-    ``cache_size``: verdicts kept across batches (identical items inside a batch are always graded once).
+    threads). The workers do not re-run the creating script's ``__main__`` (a stage module and its imports), so a
+    script needs no ``if __name__ == "__main__":`` guard for them. ``startup_timeout_s``: how long :meth:`start`
+    waits for the workers. ``cache_size``: verdicts kept across batches (identical items inside a batch are always
+    graded once).
 
     Use as a context manager, or call :meth:`close`. Thread-safe (one batch at a time).
     """
@@ -768,7 +831,7 @@ class RewardScorer:
         self.startup_timeout_s = startup_timeout_s
         self.cache_size = cache_size
         self.mp_context = mp_context
-        self._ctx = multiprocessing.get_context(mp_context)
+        self._ctx = _WORKER_CONTEXTS[mp_context]()  # workers that do not re-run __main__ (see above)
         if mp_context == "forkserver":
             _add_forkserver_preload()
         self._holder: list[Any] = []  # the pool, once started (a list so that the finalizer can see it)

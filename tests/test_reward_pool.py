@@ -5,11 +5,15 @@ of the batch check is benchmarks/bench_reward_pool.py (about a minute; too slow 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from eapo.reward import RewardScorer, grade
+
+ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_reward_pool import adversarial_batch  # noqa: E402
@@ -70,3 +74,39 @@ def test_a_slow_pool_start_is_not_a_stall(monkeypatch):
     with RewardScorer(timeout_s=0.2, workers=2, mp_context="spawn") as scorer:
         results = scorer.score(["The answer is 4.", "so 7", "The answer is 5."], ["4", "7", "6"])
     assert [(r.reward, r.failure) for r in results] == [(1.0, None), (1.0, None), (0.0, None)]
+
+
+MAIN_MODULE = '''
+import os, sys, time
+from pathlib import Path
+
+# Counts every execution of this module: the parent's, and any re-import by a process of the reward pool.
+with open(os.environ["IMPORTS_LOG"], "a") as log:
+    log.write(f"{os.getpid()} {__name__}\\n")
+
+if __name__ == "__main__":
+    from eapo.reward import RewardScorer
+
+    with RewardScorer(workers=2, mp_context=sys.argv[1]) as scorer:
+        scorer.start()
+        print(scorer.score(["so 4", "it is 5"], ["4", "4"])[0].reward, len(scorer.worker_pids))
+'''
+
+
+def test_reward_workers_do_not_re_run_the_stage_module(tmp_path):
+    """A stage runs as ``python -m flows.<stage>``, whose module imports torch, transformers, Prefect and the project:
+    multiprocessing re-runs such a ``__main__`` (as ``__mp_main__``) in every worker it starts, so each stage's reward
+    pool spent ~3 s and ~380 MB per worker importing the stage before grading anything. The pool's tasks are all in
+    eapo.reward, so its workers skip that import."""
+    (tmp_path / "heavy_stage.py").write_text(MAIN_MODULE)
+    log = tmp_path / "imports.log"
+    for context in ("forkserver", "spawn"):
+        log.write_text("")
+        env = {**os.environ, "IMPORTS_LOG": str(log),
+               "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        out = subprocess.run([sys.executable, "-m", "heavy_stage", context], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["1.0", "2"], out.stdout
+        runs = log.read_text().split("\n")
+        assert [r.split()[1] for r in runs if r] == ["__main__"], (context, runs)
