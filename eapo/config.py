@@ -291,9 +291,11 @@ class RolloutConfig(SamplingConfig):
     """Stage `rollout`: G responses per training prompt from the base policy."""
 
     num_prompts: Count | None = 16
-    """Training prompts to roll out (first N of prompts_train in id order); null = all."""
+    """Training prompts to roll out: the first N in the order training visits prompts_train with `seed` (so with
+    `seed` equal to `train.seed` they include training's step-0 prompts, whose samples step 0 then reuses); null =
+    all, in id order."""
     seed: Seed = 0
-    """Sampling seed."""
+    """Seed of the sampling and of the prompt order (see `num_prompts`)."""
 
     def validate(self, key: str) -> None:
         if self.group_size < 2:
@@ -413,7 +415,10 @@ class TrainConfig(SamplingConfig):
     seed: Seed = 0
     """Seed of sampling, prompt order and initialisation."""
     reuse_rollouts: bool = True
-    """Step 0 reuses the rollout stage's samples when the rollout params equal these (the policy is unchanged)."""
+    """Step 0 samples from the unchanged base policy, so it reuses the rollout stage's samples of its prompts when
+    they cover every step-0 prompt with at least `group_size` samples and `group_size`, `temperature`, `top_p` and
+    `max_new_tokens` equal the rollout stage's (with params.yaml's values they do: `rollout.seed` = `seed` makes the
+    rollout stage roll out step 0's prompts); the train stage's lineage then names the rollouts as an input."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Passed to accelerate. `no` on CPU."""
     skip_zero_advantage: bool = True

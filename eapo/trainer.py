@@ -76,6 +76,7 @@ from eapo.core.credit import BatchAnnotation, annotate_batch
 from eapo.core.losses import AGGREGATIONS, DEFAULT_POLICY_LOSS, PolicyLoss, build_policy_loss, policy_loss_terms
 from eapo.core.quadrants import QUADRANTS
 from eapo.core.weighting import build_weighting
+from eapo.data import step_prompt_indices
 from eapo.forward import Rollout, collate, collate_responses, micro_logprobs, supports_prefix_sharing
 from eapo.policy import Policy, build_prompt_ids
 from eapo.reward import RewardScorer
@@ -306,17 +307,6 @@ def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any parts, stable across processes and machines (no Python hash randomisation)."""
     digest = hashlib.sha256(("eapo.train:" + ":".join(map(str, parts))).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def step_prompt_indices(n_prompts: int, prompts_per_step: int, seed: int, step: int) -> list[int]:
-    """Indices of the prompts of ``step``: position i = step·P + j walks epoch i // n of a per-epoch permutation
-    seeded by (seed, epoch). Depends only on (n, P, seed, step); each epoch visits every prompt once."""
-    out = []
-    for i in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, pos = divmod(i, n_prompts)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_prompts)
-        out.append(int(perm[pos]))
-    return out
 
 
 def _warmup(warmup_steps: int) -> Callable[[int], float]:

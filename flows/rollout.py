@@ -13,7 +13,7 @@ from tasks.rollout import (
     PARAMS_KEYS,
     base_model_path,
     load_base,
-    load_prompts,
+    load_rollout_prompts,
     publications,
     rollout_rows,
     sample_rollouts,
@@ -26,7 +26,7 @@ def rollout_flow(params_path: str = "params.yaml", overrides: dict | None = None
     params = load_params(params_path, overrides)
     p, cfg = params.paths, params.rollout
     with StageTail("rollout", [p.rollouts, p.rollout_metrics]) as tail:
-        prompts = load_prompts(p.prompts_train, cfg.num_prompts)
+        prompts = load_rollout_prompts(p.prompts_train, cfg.num_prompts, cfg.seed)
         policy = load_base(params)
         scored, stats = sample_rollouts(policy, prompts, params)
         metrics = {**summarize(scored, cfg.group_size), "prompts": len(prompts), "tokens": stats["tokens"]}

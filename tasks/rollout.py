@@ -8,6 +8,7 @@ import os
 
 from eapo.config import Params
 from eapo.contracts import read_artifact
+from eapo.data import step_prompt_indices
 from eapo.policy import THREADS_ENV, Policy, job_threads, load_policy, resolve_cache_dir, set_threads
 from eapo.reward import RewardScorer
 from eapo.rollouts import Scored, sample_and_score
@@ -49,6 +50,17 @@ def first_prompts(path: str, n: int | None) -> list[dict]:
     return rows if n is None else rows[:n]
 
 
+def rollout_prompts(path: str, n: int | None, seed: int) -> list[dict]:
+    """The rollout stage's prompts: the first n of the order in which training visits the prompts with this seed
+    (``step_prompt_indices``), so that with ``rollout.seed == train.seed`` they include the prompts of training's
+    step 0, whose samples the train stages then reuse (`train.reuse_rollouts`). None, or n >= the number of prompts:
+    every prompt, in id order."""
+    rows = first_prompts(path, None)
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[i] for i in step_prompt_indices(len(rows), n, seed, 0)]
+
+
 def base_model_path(params: Params, policy: Policy) -> str:
     """The base policy as an asset input: its resolved path, else the configured name."""
     return policy.info.get("path") or params.model.name_or_path
@@ -70,6 +82,7 @@ def rollout_rows(scored, prompts: list[dict], step: int = 0) -> list[dict]:
 
 
 load_prompts = stage_task(name="load-prompts")(first_prompts)
+load_rollout_prompts = stage_task(name="load-prompts")(rollout_prompts)
 load_base = stage_task(name="load-policy")(load_base_policy)
 
 

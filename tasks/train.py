@@ -47,8 +47,9 @@ def step0_samples(params: Params, prompts: list[dict]) -> list[tuple[Sample, flo
     """The rollout stage's samples for the step-0 prompts, when the policy and sampling params are the same.
 
     Step 0 samples from the unchanged base policy, so the rollout stage's responses are valid step-0 samples. They
-    are reused when the rollouts cover every step-0 prompt with at least G samples (e.g. `rollout.num_prompts: null`)
-    and the sampling params match; otherwise the trainer samples step 0 itself."""
+    are reused when the rollouts cover every step-0 prompt with at least G samples (the rollout stage rolls out the
+    first prompts of training's order for `rollout.seed`, so `rollout.seed == train.seed` covers them, as does
+    `rollout.num_prompts: null`) and the sampling params match; otherwise the trainer samples step 0 itself."""
     cfg, ro = params.train, params.rollout
     if not cfg.reuse_rollouts or any(getattr(cfg, k) != getattr(ro, k) for k in SAMPLING_KEYS):
         return None

@@ -6,9 +6,13 @@ import sys
 import pytest
 import yaml
 
-from eapo.contracts import read_artifact
-from eapo.lineage import lineage_tree
-from tests.conftest import copy_project, dvc, stage_env, write_tiny_params
+from eapo.config import load_params
+from eapo.contracts import read_artifact, write_artifact
+from eapo.data import step_prompt_indices
+from eapo.lineage import lineage_tree, make_lineage
+from tasks.rollout import first_prompts, rollout_prompts
+from tests.conftest import ROOT, copy_project, dvc, stage_env, write_tiny_params
+from tests.pipeline.test_contracts import prompts_frame
 
 
 @pytest.mark.minutes(1.5)
@@ -27,6 +31,8 @@ def test_dvc_repro_one_variant_caches_and_invalidates_only_it(prefect_api, tmp_p
     # Lineage walks back to the prompts.
     tree = lineage_tree(run / "steps.parquet")
     assert tree["inputs"]["prompts_train"]["lineage"]["stage"] == "prepare"
+    # Step 0 trained on the rollout stage's samples of its prompts (`train.reuse_rollouts`), and says so.
+    assert tree["inputs"]["rollouts"]["lineage"]["stage"] == "rollout"
 
     again = dvc(project, "repro", "train@grpo-0", api_url=prefect_api)
     assert again.returncode == 0 and "Running stage" not in again.stdout
@@ -101,3 +107,20 @@ def test_bad_train_config_fails_before_compute(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "flows.train", "--variant", "grpo", "--params", str(params),
                                "-S", override], capture_output=True, text=True, env=stage_env(None), timeout=120)
         assert proc.returncode == 2 and key in proc.stderr, (override, proc.stderr[-500:])
+
+
+@pytest.mark.parametrize("n", [20, 150, 1000])
+def test_the_rollout_stage_rolls_out_the_prompts_of_train_step_0(tmp_path, n):
+    """`train.reuse_rollouts` (default true): step 0 samples from the unchanged base policy, so it takes the rollout
+    stage's samples of its prompts instead of sampling them again in every train stage. With params.yaml's values it
+    never did: the rollout stage took the first `rollout.num_prompts` prompts by id, while step 0 draws its prompts
+    from a seeded permutation. The rollout stage now takes the first prompts of that same permutation."""
+    params = load_params(ROOT / "params.yaml")
+    path = tmp_path / "prompts_train.parquet"
+    write_artifact(prompts_frame(n), path, "prompts", make_lineage("prepare", {}, seed=0))
+    rolled = [p["id"] for p in rollout_prompts(str(path), params.rollout.num_prompts, params.rollout.seed)]
+    everything = first_prompts(str(path), None)
+    step0 = [everything[i]["id"] for i in step_prompt_indices(n, params.train.prompts_per_step, params.train.seed, 0)]
+    assert len(set(rolled)) == len(rolled) == min(n, params.rollout.num_prompts)
+    assert set(step0) <= set(rolled)
+    assert rollout_prompts(str(path), None, 0) == everything  # null: every prompt, in id order
