@@ -721,7 +721,6 @@ def _launch_without_main(popen: Any, process_obj: Any) -> Any:
         _LAUNCHING_WITHOUT_MAIN.on = False
 
 
-
 class _SpawnWorker(multiprocessing.context.SpawnProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
@@ -787,10 +786,10 @@ class RewardScorer:
     ``"answer_too_complex"``. ``mp_context``: ``"forkserver"`` (default where available: the fork server is a fresh
     single-threaded process that preloads math-verify, so replacing a killed worker takes milliseconds) or
     ``"spawn"`` (each worker a fresh interpreter, seconds to import sympy); never ``"fork"`` (the trainer has torch
-    threads). The workers do not re-run the creating script's ``__main__`` (a stage module and its imports), so a
-    script needs no ``if __name__ == "__main__":`` guard for them. ``startup_timeout_s``: how long :meth:`start`
-    waits for the workers. ``cache_size``: verdicts kept across batches (identical items inside a batch are always
-    graded once).
+    threads). The workers do not re-run the creating module's ``__main__`` (a stage module and its imports); the fork
+    server still imports a script run as ``python script.py`` once, so such a script keeps its
+    ``if __name__ == "__main__":`` guard. ``startup_timeout_s``: how long :meth:`start` waits for the workers.
+    ``cache_size``: verdicts kept across batches (identical items inside a batch are always graded once).
 
     Use as a context manager, or call :meth:`close`. Thread-safe (one batch at a time).
     """
