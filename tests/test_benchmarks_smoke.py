@@ -56,8 +56,11 @@ def test_annotation(out, tmp_path):
 
 def test_threading(out, tmp_path):
     res = _load("bench_threading").main([*out, "--batch", "2", "--tokens", "8", "--steps", "1",
-                                         "--thread-counts", "1", "--policies", "PASSIVE"])
-    assert [(r["threads"], r["OMP_WAIT_POLICY"]) for r in res["rows"]] == [(1, "PASSIVE")]
+                                         "--thread-counts", "1", "--policies", "PASSIVE", "spin=1000"])
+    assert [(r["threads"], r["wait policy"]) for r in res["rows"]] == [(1, "PASSIVE"), (1, "spin=1000")]
+    # each child ran under its own policy, whatever eapo or the parent's environment set
+    assert res["child_env"] == {"PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
+                                "spin=1000": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "1000"}}
     assert all(_positive(r["loaded / alone"]) for r in res["rows"])
     assert all(len(v) == 1 and _positive(v[0]) for v in res["raw"].values())
 
