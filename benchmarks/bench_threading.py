@@ -36,6 +36,7 @@ import _common as C
 
 NAME = "bench_threading"
 POLICIES = ("default", "PASSIVE")
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # what libgomp reads for how long a waiting thread spins
 
 
 def policy_arg(value: str) -> str:
@@ -47,7 +48,7 @@ def policy_arg(value: str) -> str:
 
 def set_wait_policy(policy: str) -> None:
     """Put `policy` in this process's environment; libgomp reads it when torch loads it, so call before import."""
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    for var in WAIT_VARS:
         os.environ.pop(var, None)  # the parent's environment may carry eapo's PASSIVE or a user's value
     if policy.startswith("spin="):
         os.environ["GOMP_SPINCOUNT"] = policy[5:]
@@ -61,7 +62,7 @@ def child(name: str, threads: int, policy: str, batch: int, tokens: int, steps: 
     import torch
 
     # what libgomp read: it parses the environment once, when importing torch loads it (eapo's setdefault comes later)
-    env = {v: os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {v: os.environ.get(v) for v in WAIT_VARS}
 
     C.set_threads(threads)
     model = C.load(name).model
@@ -82,7 +83,8 @@ def child(name: str, threads: int, policy: str, batch: int, tokens: int, steps: 
                          "env": env})
 
 
-def run_cell(model: str, threads: int, policy: str, loaded: bool, batch: int, tokens: int, steps: int) -> float:
+def run_cell(model: str, threads: int, policy: str, loaded: bool, batch: int, tokens: int, steps: int) -> dict:
+    """One child's result (seconds, threads, the wait-policy environment it ran under), beside a busy loop if loaded."""
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
     try:
         out = C.run_child(Path(__file__), ["--child", model, str(threads), policy, str(batch), str(tokens), str(steps)])
